@@ -11,3 +11,22 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 for p in (ROOT, TESTS):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def fake_comfy():
+    from fake_comfy import FakeComfy
+    fake = FakeComfy(speed=10)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def live_server(fake_comfy, tmp_path):
+    from live import LiveServer
+    server = LiveServer(fake_comfy, str(tmp_path / "data"))
+    yield server
+    server.stop_app()

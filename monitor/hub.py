@@ -1,0 +1,256 @@
+"""Browser fan-out for `/api/run/ws`: one broadcaster, a bounded outbox and a sender greenlet per client.
+
+Every outgoing message is encoded once into a complete WebSocket frame (unmasked, uncompressed: valid
+whatever extensions were negotiated) and the same bytes go to every client; the per-client work is one
+`sendall` in that client's own greenlet, so a slow client only ever stalls itself. Progress is coalesced
+and sent on the tick; events, `publish()` messages and previews are sent at once. An overflowing event
+outbox drops its oldest entries: the client sees a gap in `seq` and may send `resume`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import time
+from collections import OrderedDict, deque
+from itertools import count
+
+import gevent
+from gevent.event import Event
+from simple_websocket import ConnectionClosed
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENT_MESSAGE = 4096   # characters; longer client messages are ignored
+_REMEMBERED_STATES = 512    # prompts whose last sent state is kept to skip unchanged re-sends
+_TEXT, _BINARY, _PING = 0x1, 0x2, 0x9
+
+
+def _header(opcode: int, size: int) -> bytes:
+    if size < 126:
+        return struct.pack("!BB", 0x80 | opcode, size)
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x80 | opcode, 126, size)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, size)
+
+
+def _text(msg: dict) -> bytes:
+    payload = json.dumps(msg, separators=(",", ":")).encode()
+    return _header(_TEXT, len(payload)) + payload
+
+
+_PING_FRAME = _header(_PING, 0)
+
+
+class _Client:
+    def __init__(self, ws, max_events: int):
+        self.ws = ws
+        self.events: deque = deque(maxlen=max_events)  # (seq | None, frame): hello, events, publish()
+        self.progress: dict = {}                        # prompt id -> frame, latest wins
+        self.preview: bytes | None = None               # preview text frame + binary frame, latest wins
+        self.previews = True
+        self.lost = 0                                   # events dropped since the sender last drained
+        self.wake = Event()
+        self.closed = False
+        self.greenlet = None
+
+
+class Hub:
+    def __init__(self, tick=0.15, ping_interval=25.0, max_events=256, send_timeout=10.0, events_since=None):
+        self.tick = tick
+        self.ping_interval = ping_interval
+        self.max_events = max_events
+        self.send_timeout = send_timeout
+        self.events_since = events_since    # callable(seq) -> [event dict] after seq, oldest first
+        self.counters = {"events_dropped": 0, "clients_dropped": 0, "messages_ignored": 0}
+        self._clients: set[_Client] = set()
+        self._dirty: dict = {}              # prompt id (None = idle) -> latest state since the last tick
+        self._sent: OrderedDict = OrderedDict()   # prompt id -> last broadcast progress frame
+        self._preview_seq = count(1)
+        self._ticker = None
+
+    def start(self):
+        if self._ticker is None:
+            self._ticker = gevent.spawn(self._tick_loop)
+
+    def stop(self):
+        if self._ticker is not None:
+            self._ticker.kill()
+            self._ticker = None
+        for c in tuple(self._clients):
+            self._drop(c, "hub stopped")
+
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def stats(self) -> dict:
+        return {"clients": len(self._clients),
+                "outbox_max": max((len(c.events) for c in self._clients), default=0), **self.counters}
+
+    # --- producers (call from greenlets of this process; not thread-safe) ---
+
+    def set_progress(self, prompt_id: str | None, state: dict):
+        self._dirty[prompt_id] = state
+
+    def publish_event(self, event: dict):
+        self._enqueue(event.get("seq"), _text({"type": "event", **event}))
+
+    def publish(self, message: dict):
+        self._enqueue(None, _text(message))
+
+    def publish_preview(self, prompt_id, node_id, mime, image: bytes | memoryview) -> int:
+        seq = next(self._preview_seq)
+        targets = [c for c in self._clients if c.previews]
+        if targets:
+            pair = b"".join((
+                _text({"type": "preview", "prompt_id": prompt_id, "node_id": node_id, "mime": mime, "seq": seq}),
+                _header(_BINARY, memoryview(image).nbytes), image))
+            for c in targets:
+                c.preview = pair
+                c.wake.set()
+        return seq
+
+    # --- sessions ---
+
+    def serve(self, ws, hello: dict) -> None:
+        c = _Client(ws, self.max_events)
+        c.events.append((None, _text({"type": "hello", **hello})))
+        self._clients.add(c)
+        c.greenlet = gevent.spawn(self._pump, c)
+        try:
+            while not c.closed:
+                # A dropped client's socket is shut down, which ends receive(); the timeout is a backstop.
+                data = ws.receive(timeout=5.0)
+                if data is not None:
+                    self._on_message(c, data)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._drop(c)
+            c.greenlet.kill()
+
+    def _on_message(self, c: _Client, data):
+        msg = None
+        if isinstance(data, str) and len(data) <= MAX_CLIENT_MESSAGE:
+            try:
+                msg = json.loads(data)
+            except (ValueError, RecursionError):
+                pass
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "previews" and isinstance(msg.get("enabled"), bool):
+            c.previews = msg["enabled"]
+            if not c.previews:
+                c.preview = None
+        elif kind == "resume" and type(msg.get("last_seq")) is int:
+            self._resume(c, msg["last_seq"])
+        else:
+            self.counters["messages_ignored"] += 1
+
+    def _resume(self, c: _Client, last_seq: int):
+        if self.events_since is None:
+            return
+        try:
+            missed = [(e["seq"], _text({"type": "event", **e})) for e in self.events_since(last_seq)]
+        except Exception:
+            log.exception("events_since(%s) failed", last_seq)
+            return
+        if missed:
+            top = max(seq for seq, _ in missed)
+            queued = [(seq, f) for seq, f in c.events if seq is None or seq > top]
+            c.events.clear()
+            c.events.extend(missed + queued)   # maxlen keeps the newest
+            c.wake.set()
+
+    def _enqueue(self, seq, frame: bytes):
+        for c in tuple(self._clients):
+            if len(c.events) == self.max_events:
+                self.counters["events_dropped"] += 1
+                c.lost += 1
+                if c.lost > self.max_events:   # a whole outbox lost without draining: it is not keeping up
+                    self._drop(c, "outbox overflow")
+                    continue
+            c.events.append((seq, frame))
+            c.wake.set()
+
+    def _tick_loop(self):
+        while True:
+            gevent.sleep(self.tick)
+            try:
+                self._flush_progress()
+            except Exception:
+                log.exception("hub tick failed")
+
+    def _flush_progress(self):
+        dirty, self._dirty = self._dirty, {}
+        out = {}
+        for pid, state in dirty.items():
+            msg = {"type": "progress", **state, "prompt_id": pid}
+            if pid is None:
+                msg["status"] = "idle"
+            try:
+                frame = _text(msg)
+            except (TypeError, ValueError):
+                log.exception("progress state for %s is not JSON", pid)
+                continue
+            if self._sent.get(pid) != frame:
+                self._sent[pid] = frame
+                self._sent.move_to_end(pid)
+                out[pid] = frame
+        if not out:
+            return
+        if any(pid is not None for pid in out):
+            self._sent.pop(None, None)   # so that the next idle is sent again
+        while len(self._sent) > _REMEMBERED_STATES:
+            self._sent.popitem(last=False)
+        for c in self._clients:
+            c.progress.update(out)
+            c.wake.set()
+
+    def _pump(self, c: _Client):
+        """The only writer of data frames and pings on this client's socket."""
+        why = None
+        next_ping = time.monotonic() + self.ping_interval if self.ping_interval else float("inf")
+        try:
+            while not c.closed:
+                c.wake.wait(min(max(0.0, next_ping - time.monotonic()), 3600.0))
+                c.wake.clear()
+                frames = [f for _, f in c.events]
+                c.events.clear()
+                c.lost = 0
+                frames.extend(c.progress.values())
+                c.progress.clear()
+                if c.preview is not None:
+                    frames.append(c.preview)
+                    c.preview = None
+                if time.monotonic() >= next_ping:
+                    if not c.ws.pong_received:
+                        why = "no pong"
+                        return
+                    c.ws.pong_received = False   # simple-websocket sets it again when the pong arrives
+                    frames.append(_PING_FRAME)
+                    next_ping = time.monotonic() + self.ping_interval
+                if frames and not c.closed:
+                    with gevent.Timeout(self.send_timeout):
+                        c.ws.sock.sendall(b"".join(frames))
+        except gevent.Timeout:
+            why = "send timed out"
+        except OSError as exc:
+            why = f"send failed: {exc}"
+        finally:
+            self._drop(c, why)
+
+    def _drop(self, c: _Client, why: str | None = None):
+        """Forget a client; with a reason, also shut its socket so that its session ends now."""
+        if c.closed:
+            return
+        c.closed = True
+        self._clients.discard(c)
+        c.wake.set()
+        if why:
+            self.counters["clients_dropped"] += 1
+            log.info("dropping WebSocket client: %s", why)
+            try:
+                c.ws.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -1,0 +1,309 @@
+"""Durable records: the job store and the event log, one SQLite file in WAL mode, migrated on open."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import sqlite3
+import threading
+
+from .timeutil import UTC, epoch_from_iso, iso_from_epoch, utcnow_iso
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "running", "completed", "failed", "interrupted", "cancelled", "stalled")
+TERMINAL = frozenset({"completed", "failed", "interrupted", "cancelled"})
+ACTIVE = frozenset({"queued", "running"})
+FINISHED = TERMINAL | {"stalled"}
+SEVERITIES = ("info", "warning", "error")
+
+# Job dict fields in API order, with their defaults. JSON_FIELDS are stored as JSON text.
+JOB_DEFAULTS = {
+    "id": None, "source": "local", "workflow_id": None, "workflow_name": None,
+    "status": "queued", "status_reason": None, "queued_at": None, "started_at": None, "finished_at": None,
+    "duration_s": None, "params": {}, "seeds": [], "input_image": None, "output_dir": None, "job_folder": None,
+    "outputs": [], "error": None, "prompt_excerpt": None, "node_total": None, "node_done": None,
+    "number": None, "client_id": None, "graph": None, "outputs_to_execute": None,
+}
+JSON_FIELDS = frozenset({"params", "seeds", "outputs", "error", "graph", "outputs_to_execute"})
+TIME_FIELDS = frozenset({"queued_at", "started_at", "finished_at"})
+
+# Append only: entry N (1-based) moves the schema from user_version N-1 to N.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL DEFAULT 'local',
+            workflow_id TEXT, workflow_name TEXT,
+            status TEXT NOT NULL, status_reason TEXT,
+            queued_at TEXT NOT NULL, started_at TEXT, finished_at TEXT, duration_s REAL,
+            params TEXT, seeds TEXT, input_image TEXT, output_dir TEXT, job_folder TEXT,
+            outputs TEXT, error TEXT, prompt_excerpt TEXT, node_total INTEGER, node_done INTEGER,
+            number REAL, client_id TEXT, graph TEXT, outputs_to_execute TEXT)""",
+        "CREATE INDEX jobs_status ON jobs (status)",
+        "CREATE INDEX jobs_queued_at ON jobs (queued_at)",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
+            message TEXT NOT NULL, data TEXT)""",
+    ),
+]
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written; the message names the path and the fix."""
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _timestamp(value) -> str | None:
+    """Normalise to UTC ISO with +00:00, so that timestamps sort as text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return iso_from_epoch(float(value))
+    parsed = _dt.datetime.fromisoformat(value)  # ValueError on garbage
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat()
+
+
+def _check_status(status) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown job status {status!r}; expected one of {', '.join(STATUSES)}")
+
+
+def _row_to_job(row: sqlite3.Row) -> dict:
+    job = {}
+    for name in JOB_DEFAULTS:
+        value = row[name]
+        job[name] = json.loads(value) if name in JSON_FIELDS and value is not None else value
+    return job
+
+
+class JobStore:
+    def __init__(self, path):
+        self.path = os.path.abspath(os.fspath(path))
+        self._lock = threading.RLock()  # looked up at call time, so gevent's when patched
+        self._conn = self._open()
+
+    # --- connection -----------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path)
+        hint = "set MONITOR_DATA_DIR (or --data-dir) to a writable directory"
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {directory}: {exc.strerror or exc}; {hint}") from exc
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreError(f"data directory {directory} is not writable; {hint}")
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
+            raise StoreError(f"job database {self.path} exists but is not a regular file; remove it or {hint}")
+        try:
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=5000")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.OperationalError(f"could not enable WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open job database {self.path}: {exc}; check that the file and "
+                             f"its directory are writable, or {hint}") from exc
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this app "
+                                        f"(knows {len(MIGRATIONS)}); upgrade the app")
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number - 1]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("job database migrated to schema version %d", number)
+
+    @contextlib.contextmanager
+    def _write(self):
+        """One short write transaction under the store lock."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params=()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- jobs -----------------------------------------------------------------------------------
+    @staticmethod
+    def _check_fields(fields: dict) -> None:
+        unknown = set(fields) - set(JOB_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
+
+    @staticmethod
+    def _settle(job: dict, explicit: dict) -> None:
+        """Validate the merged record and derive finished_at / duration_s for terminal states."""
+        _check_status(job["status"])
+        if job["status"] == "stalled" and not job["status_reason"]:
+            raise ValueError("status 'stalled' requires a status_reason")
+        for name in TIME_FIELDS:
+            job[name] = _timestamp(job[name])
+        if job["status"] in TERMINAL:
+            if not job["finished_at"]:
+                job["finished_at"] = utcnow_iso()
+            if job["started_at"] and "duration_s" not in explicit:
+                elapsed = epoch_from_iso(job["finished_at"]) - epoch_from_iso(job["started_at"])
+                job["duration_s"] = round(max(0.0, elapsed), 3)
+
+    @staticmethod
+    def _columns(job: dict) -> dict:
+        return {k: (None if v is None else _dumps(v)) if k in JSON_FIELDS else v for k, v in job.items()}
+
+    def create(self, job: dict) -> dict:
+        """Insert a new job; ValueError on unknown fields, a bad status or an existing id."""
+        self._check_fields(job)
+        if not job.get("id"):
+            raise ValueError("a job needs an id")
+        record = {**JOB_DEFAULTS, **job}
+        for name in ("params", "seeds", "outputs"):  # fresh containers, never the shared defaults
+            if name not in job:
+                record[name] = type(JOB_DEFAULTS[name])()
+        record["queued_at"] = record["queued_at"] or utcnow_iso()
+        self._settle(record, job)
+        columns = self._columns(record)
+        sql = (f"INSERT INTO jobs ({', '.join(columns)}) "
+               f"VALUES ({', '.join('?' for _ in columns)})")
+        try:
+            with self._write() as conn:
+                conn.execute(sql, tuple(columns.values()))
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"job {record['id']!r} already exists") from exc
+        return self.get(record["id"])  # as stored (JSON round-tripped), same shape as get()
+
+    def update(self, job_id, **fields) -> dict | None:
+        """Change some fields; None if the job is unknown. Finished jobs keep their status (see below)."""
+        self._check_fields(fields)
+        if "id" in fields:
+            raise ValueError("a job's id cannot change")
+        if "status" in fields:
+            _check_status(fields["status"])
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            current = _row_to_job(row)
+            new_status = fields.get("status", current["status"])
+            # Terminal states are sticky; a stalled job may still be settled (or re-attached) later.
+            if current["status"] in TERMINAL and new_status != current["status"]:
+                log.warning("job %s is %s; refusing to change it to %s", job_id, current["status"], new_status)
+                return current
+            record = {**current, **fields}
+            if current["status"] == "stalled" and new_status != "stalled" and "status_reason" not in fields:
+                record["status_reason"] = None
+            self._settle(record, fields)
+            changed = {k: v for k, v in self._columns(record).items() if k != "id"}
+            assignments = ", ".join(f"{name} = ?" for name in changed)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changed.values(), job_id))
+        return self.get(job_id)
+
+    def get(self, job_id) -> dict | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def active(self) -> list[dict]:
+        """Queued and running jobs: running first, then queued by ComfyUI's number, then queued_at."""
+        rows = self._query(
+            "SELECT * FROM jobs WHERE status IN ('running', 'queued') "
+            "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid")
+        return [_row_to_job(r) for r in rows]
+
+    def history(self, limit=50, status=None) -> list[dict]:
+        """Finished jobs (terminal or stalled), newest first."""
+        limit = max(0, int(limit))
+        if status is None:
+            where, params = f"status IN ({', '.join('?' for _ in FINISHED)})", tuple(sorted(FINISHED))
+        elif status in FINISHED:
+            where, params = "status = ?", (status,)
+        else:
+            raise ValueError(f"history status must be one of {', '.join(sorted(FINISHED))}, got {status!r}")
+        rows = self._query(
+            f"SELECT * FROM jobs WHERE {where} "
+            "ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit))
+        return [_row_to_job(r) for r in rows]
+
+
+class EventBus:
+    """Append-only event log with a monotonic seq (never reused), trimmed to the last `keep` rows."""
+
+    def __init__(self, store: JobStore, keep=10000, on_event=None):
+        if int(keep) < 1:
+            raise ValueError("keep must be at least 1")
+        self.store = store
+        self.keep = int(keep)
+        self.on_event = on_event
+        # Trim in batches: at most keep + trim_every - 1 rows are ever kept.
+        self._trim_every = max(1, min(100, self.keep // 10))
+        self._since_trim = 0
+        self._trim(self.last_seq())
+
+    def emit(self, kind, message, severity="info", data=None) -> dict:
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+        event = {"seq": None, "ts": utcnow_iso(), "kind": str(kind), "severity": severity,
+                 "message": str(message), "data": data if data is not None else {}}
+        with self.store._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO events (ts, kind, severity, message, data) VALUES (?, ?, ?, ?, ?)",
+                (event["ts"], event["kind"], severity, event["message"], _dumps(event["data"])))
+            event["seq"] = cursor.lastrowid
+        self._since_trim += 1
+        if self._since_trim >= self._trim_every:
+            self._trim(event["seq"])
+        callback = self.on_event
+        if callback is not None:
+            try:
+                callback(event)
+            except Exception:  # a broken subscriber must not break the emitter (the listener)
+                log.exception("on_event failed for event %s", event["seq"])
+        return event
+
+    def _trim(self, last: int) -> None:
+        self._since_trim = 0
+        if last > self.keep:
+            with self.store._write() as conn:
+                conn.execute("DELETE FROM events WHERE seq <= ?", (last - self.keep,))
+
+    def since(self, seq, limit=500) -> list[dict]:
+        """Events with seq greater than the cursor, oldest first."""
+        rows = self.store._query(
+            "SELECT seq, ts, kind, severity, message, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (int(seq or 0), max(0, int(limit))))
+        return [{"seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "severity": r["severity"],
+                 "message": r["message"], "data": json.loads(r["data"]) if r["data"] else {}} for r in rows]
+
+    def last_seq(self) -> int:
+        """The last seq ever issued (kept by SQLite's AUTOINCREMENT even when its row was trimmed)."""
+        rows = self.store._query("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return int(rows[0]["seq"]) if rows else 0

@@ -1,0 +1,485 @@
+"""The Monitor: wires listener → tracker → job store → hub, runs the reconciler, and answers the views."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+
+import gevent
+from gevent.lock import RLock
+
+from . import graph as graphs
+from . import markers, reconciler
+from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
+from .config import Config
+from .hub import Hub
+from .jobs import EventBus, JobStore
+from .listener import Listener
+from .telemetry import Telemetry
+from .timeutil import iso_from_epoch, iso_from_epoch_ms, utcnow_iso
+from .tracker import Tracker
+from .workflows import load_workflows
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {"completed", "failed", "interrupted", "cancelled", "stalled"}
+EVENT_SEVERITY = {"completed": "info", "failed": "error", "interrupted": "warning",
+                  "cancelled": "warning", "stalled": "warning"}
+LINGER_S = 30.0        # finished prompts stay in the tracker this long (late previews, the final frame)
+MISSES_BEFORE_LOST = 2  # reconciles in a row that must not find a job before it is declared stalled
+
+
+class SubmitError(Exception):
+    """A submission ComfyUI refused or could not take; `status` is the HTTP code for our API."""
+
+    def __init__(self, status: int, message: str, details=None, job=None):
+        super().__init__(message)
+        self.status, self.details, self.job = status, details, job
+
+
+class Monitor:
+    def __init__(self, config: Config):
+        self.config = config
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.client_id = _load_client_id(config.data_dir)
+        self.store = JobStore(config.db_path)
+        self.hub = Hub(tick=config.hub_tick)
+        self.events = EventBus(self.store, on_event=self.hub.publish_event)
+        self.tracker = Tracker(instant_types=set(graphs.DEFAULT_INSTANT_TYPES) | set(config.instant_nodes))
+        self.comfy = ComfyClient(config.comfy_base, auth=config.comfy_auth)
+        self.telemetry = Telemetry(config, comfy=self.comfy, interval=config.telemetry_interval)
+        self.workflows = load_workflows(config.workflows_dir)
+        self.listener = Listener(
+            config.comfy_ws_url, self.client_id, auth=config.comfy_auth,
+            on_text=self._on_text, on_binary=self._on_binary,
+            on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+            backoff_min=config.reconnect_min, backoff_max=config.reconnect_max)
+        self._lock = RLock()             # one writer at a time: listener, reconciler, submit, cancel
+        self._posting: set[str] = set()  # submitted, POST /prompt not answered yet
+        self._missing: dict[str, int] = {}
+        self._cancel_requested: set[str] = set()
+        self._finished: dict[str, float] = {}
+        self._positions: dict[str, int] = {}
+        self._had_disconnect = False
+        self._wake = gevent.event.Event()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._was_busy = False
+        self.started_at = time.time()
+        self.reconciled_at: float | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._reattach()
+        self.hub.start()
+        self.listener.start()
+        self.telemetry.start()
+        self._greenlets.append(gevent.spawn(self._reconcile_loop))
+
+    def stop(self) -> None:
+        for g in self._greenlets:
+            g.kill(block=False)
+        self._greenlets.clear()
+        self.listener.stop()
+        self.telemetry.stop()
+        self.hub.stop()
+
+    def _reattach(self) -> None:
+        """After our own restart: put every job we believed active back into the tracker. The
+        reconciler then asks ComfyUI what became of each; nothing is declared stalled blindly."""
+        for job in self.store.active():
+            self.tracker.register(job["id"], job.get("graph"), job.get("outputs_to_execute"),
+                                  number=job.get("number"), client_id=job.get("client_id"),
+                                  status=job["status"])
+
+    # --- views' side (read cached state only) --------------------------------------------------
+    def active_jobs(self) -> list[dict]:
+        jobs = [self._decorate(j, brief=True) for j in self.store.active()]
+        jobs.sort(key=_queue_order)
+        return jobs
+
+    def get_job(self, job_id: str) -> dict | None:
+        job = self.store.get(job_id)
+        return self._decorate(job) if job else None
+
+    def history(self, limit: int = 50, status: str | None = None) -> list[dict]:
+        return [self._decorate(j, brief=True) for j in self.store.history(limit=limit, status=status)]
+
+    def comfy_state(self) -> dict:
+        st = self.listener.status()
+        now = time.time()
+        return {
+            "connected": st["connected"],
+            "url": self.config.comfy_base,
+            "since": iso_from_epoch(st["connected_since"]),
+            "last_message_at": iso_from_epoch(st["last_message_at"]),
+            "listener_age_s": round(now - st["started_at"], 1) if st["started_at"] else None,
+            "last_error": st["last_error"],
+            "bad_frames": st["bad_frames"],
+            "reconciled_at": iso_from_epoch(self.reconciled_at),
+            "features": self.comfy.features.as_dict(),
+        }
+
+    def hello(self) -> dict:
+        return {"type": "hello", "server": {"name": "comfyui-monitor", "time": utcnow_iso()},
+                "comfy": self.comfy_state(),
+                "jobs": [s for s in self.tracker.active() if s],
+                "last_seq": self.events.last_seq()}
+
+    def _decorate(self, job: dict, brief: bool = False) -> dict:
+        job = dict(job)
+        state = self.tracker.state(job["id"]) if job["status"] not in TERMINAL else None
+        job["progress"] = state
+        job["queue_position"] = self._positions.get(job["id"]) if job["status"] == "queued" else None
+        if brief:
+            job.pop("graph", None)
+        return job
+
+    # --- jobs in ----------------------------------------------------------------------------
+    def submit(self, prompt: dict, *, workflow_id: str | None = None, workflow_name: str | None = None,
+               params: dict | None = None, seeds: list | None = None, job_folder: str | None = None,
+               prompt_id: str | None = None) -> dict:
+        if not self.listener.connected:
+            # Without our socket open, ComfyUI would send this job's messages to nobody.
+            raise SubmitError(503, "ComfyUI is not connected; try again when the monitor shows LIVE")
+        prompt_id = prompt_id or str(uuid.uuid4())
+        outputs = graphs.output_nodes_guess(prompt)
+        output_dir = (os.path.join(self.config.comfyui_output_dir, job_folder)
+                      if self.config.comfyui_output_dir and job_folder else None)
+        job = {
+            "id": prompt_id, "source": "local", "status": "queued",
+            "workflow_id": workflow_id,
+            "workflow_name": workflow_name or graphs.workflow_name(prompt, {}),
+            "params": params or {}, "seeds": seeds if seeds is not None else graphs.seeds(prompt),
+            "prompt_excerpt": graphs.prompt_excerpt(prompt), "job_folder": job_folder,
+            "output_dir": output_dir, "client_id": self.client_id, "graph": prompt,
+            "outputs_to_execute": outputs, "input_image": _input_image(prompt),
+        }
+        with self._lock:
+            # Recorded first, so no message can arrive for a job we don't know.
+            job = self.store.create(job)
+            self.tracker.register(prompt_id, prompt, outputs, client_id=self.client_id)
+            self._posting.add(prompt_id)
+        body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
+        if self.comfy.features.jobs_api:
+            # Newer servers honour a per-prompt preview method even when started with `none`.
+            body["extra_data"] = {"preview_method": "auto"}
+        try:
+            answer = self.comfy.post_prompt(body)
+        except ComfyRejected as exc:
+            message, details = _rejection_message(exc, prompt)
+            self._settle(prompt_id, "failed", error={"message": message, "node_errors": details})
+            raise SubmitError(400 if exc.status < 500 else 502, message, details, self.get_job(prompt_id))
+        except ComfyUnavailable as exc:
+            # Refused or timed out: it may or may not be queued. The reconciler decides from /queue.
+            log.warning("POST /prompt for %s failed: %s", prompt_id, exc)
+            self._posting.discard(prompt_id)
+            raise SubmitError(502, f"ComfyUI did not answer: {exc}", job=self.get_job(prompt_id))
+        finally:
+            self._posting.discard(prompt_id)
+        fields = {}
+        if isinstance(answer.get("number"), (int, float)):
+            fields["number"] = float(answer["number"])
+        if answer.get("node_errors"):
+            # Partially valid: ComfyUI runs only the valid outputs. Keep what it said.
+            fields["error"] = {"message": "some outputs failed validation and will not run",
+                               "node_errors": answer["node_errors"], "partial": True}
+        with self._lock:
+            if fields:
+                self.store.update(prompt_id, **fields)
+            if self.store.get(prompt_id)["status"] == "queued":
+                self.events.emit("job.queued", f"Job {prompt_id[:8]} queued", data={"id": prompt_id})
+        self._wake.set()
+        return self.get_job(prompt_id)
+
+    def cancel(self, job_id: str) -> dict:
+        job = self.store.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job["status"] in TERMINAL:
+            raise SubmitError(409, f"job is already {job['status']}", job=self._decorate(job))
+        self._cancel_requested.add(job_id)
+        view = reconciler.fetch_queue(self.comfy)
+        if view is None:
+            raise SubmitError(502, "ComfyUI is not reachable; nothing was cancelled")
+        running = {e[1] for e in view.running}
+        pending = {e[1] for e in view.pending}
+        if self.comfy.features.cancel_api:
+            try:
+                self.comfy.cancel_job(job_id)
+            except (ComfyRejected, ComfyUnavailable) as exc:
+                raise SubmitError(502, f"ComfyUI refused the cancel: {exc}")
+        elif job_id in running:
+            self.comfy.interrupt(job_id)
+        elif job_id in pending:
+            self.comfy.delete_pending([job_id])
+        if job_id in running:
+            # It ends `interrupted` when ComfyUI confirms (execution_interrupted or /history).
+            self.events.emit("job.cancel_requested", f"Interrupt sent for job {job_id[:8]}",
+                             data={"id": job_id})
+        else:
+            after = reconciler.fetch_queue(self.comfy)
+            if after is not None and job_id in {e[1] for e in after.running}:
+                # It started between our two looks: interrupt it instead.
+                self.comfy.interrupt(job_id)
+            elif after is not None and job_id not in after.ids:
+                self._settle(job_id, "cancelled")
+        self._wake.set()
+        return self.get_job(job_id)
+
+    # --- listener callbacks (run in the listener greenlet) --------------------------------------
+    def _on_connect(self) -> None:
+        self.events.emit("comfy.connected", f"Connected to ComfyUI at {self.config.comfy_base}")
+        self.hub.publish({"type": "comfy", **self.comfy_state()})
+        gevent.spawn(self._after_connect)
+
+    def _after_connect(self) -> None:
+        self.comfy.probe_features()
+        self.tracker.on_reconnect()
+        self.reconcile()
+
+    def _on_disconnect(self, reason: str) -> None:
+        self._had_disconnect = True
+        self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection: {reason}", severity="warning")
+        self.hub.publish({"type": "comfy", **self.comfy_state()})
+
+    def _on_text(self, msg_type: str, data: dict) -> None:
+        if msg_type == "status":
+            self._wake.set()  # the queue changed: someone may have queued a prompt
+            return
+        with self._lock:
+            transitions = self.tracker.handle(msg_type, data)
+            self._apply(transitions)
+        if msg_type == "executing" and data.get("node") is None and data.get("prompt_id"):
+            self._wake.set()  # only a hint that it ended: /history confirms
+        self._push_progress()
+
+    def _on_binary(self, frame) -> None:
+        if frame.event not in (1, 4):
+            return
+        preview = self.tracker.handle_preview(frame)
+        if preview is not None:
+            self.hub.publish_preview(preview.prompt_id, preview.node_id, preview.mime, preview.image)
+
+    # --- applying tracker transitions -----------------------------------------------------------
+    def _apply(self, transitions) -> None:
+        for tr in transitions:
+            pid, kind, data = tr.prompt_id, tr.kind, tr.data or {}
+            job = self.store.get(pid)
+            if job is None:
+                job = self._adopt_unknown(pid)
+            if kind == "started":
+                self._mark_running(job, data.get("started_at"))
+            elif kind == "node_output":
+                outputs = [o for o in job.get("outputs") or [] if o.get("node_id") != data.get("node_id")]
+                outputs.append(reconciler.node_output(job.get("graph"), data.get("node_id"), data.get("output")))
+                self.store.update(pid, outputs=outputs)
+            elif kind in ("completed", "failed", "interrupted"):
+                self._settle(pid, kind, error=data.get("error"), outputs=data.get("outputs"),
+                             finished_at=data.get("finished_at"), from_tracker=True)
+
+    def _adopt_unknown(self, pid: str) -> dict:
+        """A message for a prompt we have never seen (a script posting without client id, or one
+        queued while we were down): record it now; the reconciler fills in its graph."""
+        self._wake.set()
+        return self.store.create({"id": pid, "source": "external", "status": "queued"})
+
+    def _mark_running(self, job: dict, started_at: str | None = None) -> None:
+        if job["status"] != "queued":
+            return
+        started_at = started_at or utcnow_iso()
+        job = self.store.update(job["id"], status="running", started_at=started_at)
+        if job and job.get("job_folder"):
+            markers.write_marker(self.config.comfyui_output_dir, job["job_folder"], job["id"], started_at)
+        self.events.emit("job.started", f"Job {job['id'][:8]} started", data={"id": job["id"]})
+
+    def _settle(self, pid: str, status: str, *, error=None, outputs=None, finished_at=None,
+                reason: str | None = None, started_at=None, from_tracker: bool = False) -> None:
+        with self._lock:
+            job = self.store.get(pid)
+            if job is None or (job["status"] in TERMINAL and job["status"] != "stalled"):
+                return
+            fields: dict = {"status": status}
+            if error is not None:
+                fields["error"] = error
+            if outputs:
+                fields["outputs"] = outputs
+            if finished_at:
+                fields["finished_at"] = finished_at
+            if started_at and not job.get("started_at"):
+                fields["started_at"] = started_at
+            if reason:
+                fields["status_reason"] = reason
+            state = self.tracker.state(pid)
+            if state:
+                fields["node_total"] = state.get("nodes_total")
+                fields["node_done"] = state.get("nodes_done")
+            job = self.store.update(pid, **fields)
+            if not from_tracker:
+                self.tracker.finish(pid, status, error=error, outputs=outputs)
+            if status == "completed" and job.get("job_folder"):
+                markers.remove_marker(self.config.comfyui_output_dir, job["job_folder"])
+            self._finished[pid] = time.time()
+            self._missing.pop(pid, None)
+            self._cancel_requested.discard(pid)
+            message = f"Job {pid[:8]} {status}"
+            if status == "failed" and isinstance(error, dict) and error.get("message"):
+                where = error.get("node_title") or error.get("node_type")
+                message += f"{' in ' + where if where else ''}: {error['message']}"
+            if reason:
+                message += f": {reason}"
+            self.events.emit(f"job.{status}", message, severity=EVENT_SEVERITY[status],
+                             data={"id": pid, "status": status})
+        self._push_progress()
+
+    def _push_progress(self) -> None:
+        for pid in self.tracker.pop_dirty():
+            state = self.tracker.state(pid)
+            if state is not None:
+                self.hub.set_progress(pid, state)
+        busy = self.tracker.running_id() is not None
+        if self._was_busy and not busy:
+            self.hub.set_progress(None, {"prompt_id": None, "status": "idle"})
+        self._was_busy = busy
+
+    # --- reconciliation ------------------------------------------------------------------------
+    def _reconcile_loop(self) -> None:
+        while True:
+            self._wake.wait(timeout=self.config.reconcile_interval)
+            self._wake.clear()
+            if self.listener.connected:
+                try:
+                    self.reconcile()
+                except Exception:
+                    log.exception("reconcile failed")
+            self._forget_finished()
+            gevent.sleep(0.3)  # debounce bursts of status messages
+
+    def reconcile(self) -> None:
+        view = reconciler.fetch_queue(self.comfy)
+        if view is None:
+            return
+        running_ids = {e[1] for e in view.running}
+        with self._lock:
+            self._positions = view.positions()
+            for entry in view.running + view.pending:
+                self._adopt_or_refresh(entry, entry[1] in running_ids)
+        restarted = self._had_disconnect
+        for job in self.store.active():
+            pid = job["id"]
+            if pid in view.ids or pid in self._posting:
+                self._missing.pop(pid, None)
+                continue
+            reached, entry = reconciler.fetch_history(self.comfy, pid)
+            if not reached:
+                continue
+            if entry is not None:
+                status, fields = reconciler.settlement_from_history(entry)
+                self._settle(pid, status, error=fields.get("error"), outputs=fields.get("outputs"),
+                             finished_at=iso_from_epoch_ms(fields.get("finished_ms")),
+                             started_at=iso_from_epoch_ms(fields.get("started_ms")))
+                continue
+            if pid in self._cancel_requested and job["status"] == "queued":
+                self._settle(pid, "cancelled")
+                continue
+            misses = self._missing[pid] = self._missing.get(pid, 0) + 1
+            if misses >= MISSES_BEFORE_LOST or restarted:
+                self._settle(pid, "stalled",
+                             reason=reconciler.RESTART_REASON if restarted else reconciler.LOST_REASON)
+        self._had_disconnect = False
+        self.reconciled_at = time.time()
+        self._push_progress()
+
+    def _adopt_or_refresh(self, entry: list, running: bool) -> None:
+        number, pid, graph, extra, outputs = entry[0], entry[1], entry[2], entry[3], entry[4]
+        extra = extra if isinstance(extra, dict) else {}
+        outputs = [str(o) for o in outputs] if isinstance(outputs, list) else None
+        job = self.store.get(pid)
+        if job is None or not job.get("graph"):
+            mine = extra.get("client_id") == self.client_id
+            created = iso_from_epoch_ms(extra.get("create_time")) if isinstance(
+                extra.get("create_time"), (int, float)) else None
+            fields = {
+                "source": "local" if mine else "external",
+                "workflow_name": graphs.workflow_name(graph, extra),
+                "prompt_excerpt": graphs.prompt_excerpt(graph), "seeds": graphs.seeds(graph),
+                "number": float(number) if isinstance(number, (int, float)) else None,
+                "client_id": extra.get("client_id"), "graph": graph, "outputs_to_execute": outputs,
+                "input_image": _input_image(graph),
+            }
+            if job is None:
+                job = self.store.create({"id": pid, "status": "queued",
+                                         **({"queued_at": created} if created else {}), **fields})
+                self.events.emit("job.queued", f"{'External job' if not mine else 'Job'} {pid[:8]} queued",
+                                 data={"id": pid, "source": fields["source"]})
+            else:
+                job = self.store.update(pid, **fields)
+            self.tracker.register(pid, graph, outputs, number=fields["number"],
+                                  client_id=extra.get("client_id"), status=job["status"])
+        elif outputs and job.get("outputs_to_execute") != outputs:
+            job = self.store.update(pid, outputs_to_execute=outputs)
+            self.tracker.register(pid, graph, outputs, number=job.get("number"),
+                                  client_id=job.get("client_id"), status=job["status"])
+        if running and job["status"] == "queued":
+            # Foreign prompts send us no execution_start: /queue is how we learn they started.
+            self.tracker.register(pid, graph, outputs, number=job.get("number"),
+                                  client_id=job.get("client_id"), status="running")
+            self._mark_running(job)
+
+    def _forget_finished(self) -> None:
+        now = time.time()
+        for pid, at in list(self._finished.items()):
+            if now - at > LINGER_S:
+                self.tracker.forget(pid)
+                del self._finished[pid]
+
+
+def _queue_order(job: dict):
+    running = job["status"] == "running"
+    number = job.get("number")
+    return (0 if running else 1, number if number is not None else float("inf"), job.get("queued_at") or "")
+
+
+def _input_image(graph: dict | None) -> str | None:
+    for node in (graph or {}).values():
+        if isinstance(node, dict) and node.get("class_type") in ("LoadImage", "LoadImageMask"):
+            image = (node.get("inputs") or {}).get("image")
+            if isinstance(image, str):
+                return image
+    return None
+
+
+def _rejection_message(exc: ComfyRejected, prompt: dict) -> tuple[str, dict]:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    node_errors = body.get("node_errors") if isinstance(body.get("node_errors"), dict) else {}
+    parts = []
+    for node_id, info in node_errors.items():
+        title = graphs.node_title(prompt, node_id)
+        msgs = [e.get("details") or e.get("message") for e in (info or {}).get("errors") or []
+                if isinstance(e, dict)]
+        parts.append(f"{title} (#{node_id}): {'; '.join(m for m in msgs if m) or 'invalid'}")
+    if isinstance(error, dict):
+        head = error.get("message") or error.get("type") or "ComfyUI rejected the prompt"
+        if error.get("details") and not parts:
+            head += f": {error['details']}"
+    else:
+        head = str(error) if error else f"ComfyUI rejected the prompt (HTTP {exc.status})"
+    message = head + (" — " + " | ".join(parts) if parts else "")
+    return message, node_errors
+
+
+def _load_client_id(data_dir: str) -> str:
+    """One fixed client id per data dir, so a restarted monitor keeps receiving its prompts' messages."""
+    path = os.path.join(data_dir, "client_id")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = fh.read().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = f"monitor-{uuid.uuid4().hex}"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(value)
+    return value

@@ -1,0 +1,497 @@
+"""Tracker: per-prompt progress from ComfyUI messages (DESIGN.md §2). Pure: no I/O, injectable clock.
+
+Memory stays bounded only if the service calls forget() for every prompt it has settled (after a
+short linger for late frames). A settled prompt keeps just its frozen ProgressState until then.
+
+Transition kinds: started, cached, node_output, completed, failed, interrupted; finish() may also
+emit cancelled / stalled; "blocked" = an ExecutionBlocked error (the run goes on); "hint_finished"
+= `executing {node: null}` for a prompt that got no terminal message (reason "executing_null"),
+or a new prompt started while this one was still running (reason "superseded"): confirm via /history.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import graph as graphs
+from .protocol import BinaryFrame
+from .timeutil import iso_from_epoch
+
+TERMINAL = frozenset({"completed", "failed", "interrupted", "cancelled", "stalled"})
+PERCENT_CAP = 99.9          # 100 is reserved for execution_success
+STEP_WINDOW = 10            # step intervals in the it/s rolling average
+FORGOTTEN_KEEP = 512        # forgotten ids whose late frames are ignored instead of re-registered
+TRACEBACK_MAX = 8000
+
+
+@dataclass
+class Transition:
+    kind: str
+    prompt_id: str
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Preview:
+    prompt_id: str | None
+    node_id: str | None
+    mime: str
+    image: memoryview
+
+
+class _Prompt:
+    __slots__ = ("id", "graph", "outputs_to_execute", "number", "client_id", "status", "started",
+                 "finished", "updated", "cached", "effective", "done", "ps", "node", "display",
+                 "step", "step_node", "step_at", "intervals", "floor", "outputs", "frozen")
+
+    def __init__(self, prompt_id: str, now: float):
+        self.id = prompt_id
+        self.graph: dict | None = None
+        self.outputs_to_execute: list[str] | None = None
+        self.number: float | None = None
+        self.client_id: str | None = None
+        self.status = "queued"
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.updated = now
+        self.cached: list[str] = []
+        self.effective: set[str] | None = None   # None = graph unknown
+        self.done: set[str] = set()               # nodes known finished (any node id)
+        self.ps: dict[str, tuple[str, float, float]] | None = None   # last progress_state snapshot
+        self.node: str | None = None               # current node (execution id)
+        self.display: str | None = None            # its display node id, for titles
+        self.step: tuple[float, float] | None = None
+        self.step_node: str | None = None
+        self.step_at: float | None = None
+        self.intervals: deque = deque(maxlen=STEP_WINDOW)   # (seconds, steps)
+        self.floor: float | None = None            # highest percent reported: keeps it monotonic
+        self.outputs: list[dict] = []
+        self.frozen: dict | None = None            # final state once terminal
+
+
+def _str(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _num(value) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+class Tracker:
+    def __init__(self, instant_types: set[str] | frozenset[str] = frozenset(), clock=time.time):
+        # Always on top of the defaults: passing the config's extra types alone is enough.
+        self.instant_types = frozenset(graphs.DEFAULT_INSTANT_TYPES) | frozenset(instant_types or ())
+        self._clock = clock
+        self._prompts: dict[str, _Prompt] = {}
+        self._running: str | None = None
+        self._dirty: set[str] = set()
+        self._forgotten: deque = deque(maxlen=FORGOTTEN_KEEP)
+        self._forgotten_set: set[str] = set()
+        self._handlers = {
+            "execution_start": self._on_start, "execution_cached": self._on_cached,
+            "executing": self._on_executing, "progress": self._on_progress,
+            "progress_state": self._on_progress_state, "executed": self._on_executed,
+            "execution_success": self._on_success, "execution_error": self._on_error,
+            "execution_interrupted": self._on_interrupted,
+        }
+
+    # --- registration and lifecycle ------------------------------------------------------------
+    def register(self, prompt_id, graph: dict | None, outputs_to_execute: list[str] | None = None,
+                 number: float | None = None, client_id: str | None = None, status="queued") -> None:
+        """Add a prompt or fill in what is known about it. Never moves a prompt backwards."""
+        if not _str(prompt_id):
+            return
+        self._forget_undo(prompt_id)
+        p = self._prompts.get(prompt_id)
+        if p is None:
+            p = self._prompts[prompt_id] = _Prompt(prompt_id, self._clock())
+        if isinstance(graph, dict) and graph is not p.graph and p.frozen is None:
+            if p.graph is None:
+                p.floor = None  # the percent's basis changes from step-only to the node count
+            p.graph = graph
+            p.effective = None
+        if isinstance(outputs_to_execute, list) and p.frozen is None:
+            p.outputs_to_execute = [str(o) for o in outputs_to_execute]
+            p.effective = None
+        if _num(number) is not None:
+            p.number = _num(number)
+        if _str(client_id):
+            p.client_id = client_id
+        if status in TERMINAL:
+            self.finish(prompt_id, status)
+        elif status == "running" and p.status == "queued":
+            self._start(p)
+            if self._running is None:
+                self._running = prompt_id
+        self._touch(p)
+
+    def finish(self, prompt_id, status, error=None, outputs=None) -> list[Transition]:
+        """Settle a prompt from outside (reconciler: /history, lost, cancelled). No-op if settled."""
+        if status not in TERMINAL:
+            raise ValueError(f"not a terminal status: {status!r}")
+        if not _str(prompt_id) or prompt_id in self._forgotten_set:
+            return []
+        p = self._get(prompt_id, register=True)
+        if p.frozen is not None:
+            return []
+        if outputs:
+            self._merge_outputs(p, outputs)
+        data = {}
+        if status == "failed":
+            data["error"] = error
+        return [self._terminate(p, status, data)]
+
+    def forget(self, prompt_id) -> None:
+        if self._prompts.pop(prompt_id, None) is None:
+            return
+        if self._running == prompt_id:
+            self._running = None
+        self._dirty.discard(prompt_id)
+        if prompt_id not in self._forgotten_set:
+            if len(self._forgotten) == self._forgotten.maxlen:
+                self._forgotten_set.discard(self._forgotten[0])
+            self._forgotten.append(prompt_id)
+            self._forgotten_set.add(prompt_id)
+
+    def on_reconnect(self) -> None:
+        """Steps sent while we were away are gone: keep the state, restart the step timing."""
+        for p in self._prompts.values():
+            p.step_at = None
+            p.intervals.clear()
+
+    # --- messages ------------------------------------------------------------------------------
+    def handle(self, msg_type: str, data: dict) -> list[Transition]:
+        """Apply one parsed text message. Unknown types and malformed fields are ignored."""
+        handler = self._handlers.get(msg_type)
+        if handler is None or not isinstance(data, dict):
+            return []
+        out: list[Transition] = []
+        handler(data, out)
+        return out
+
+    def handle_preview(self, frame: BinaryFrame) -> Preview | None:
+        """Attribute a preview: type 4 by its metadata, type 1 to the running prompt's current node."""
+        if frame.event not in (1, 4) or frame.image is None or not frame.mime:
+            return None
+        prompt_id, node_id = frame.prompt_id, frame.node_id
+        if prompt_id is None:
+            prompt_id = self._running
+        p = self._prompts.get(prompt_id) if prompt_id else None
+        if (p is not None and p.frozen is not None) or prompt_id in self._forgotten_set:
+            return None  # a late frame of a settled prompt
+        if node_id is None and p is not None:
+            node_id = p.step_node or p.node
+        return Preview(prompt_id, node_id, frame.mime, frame.image)
+
+    def _on_start(self, data, out):
+        p = self._get(_str(data.get("prompt_id")), register=True)
+        if p is None or p.frozen is not None:
+            return
+        self._make_running(p, out)
+        self._touch(p)
+
+    def _on_cached(self, data, out):
+        p = self._live(data.get("prompt_id"), out)
+        nodes = data.get("nodes")
+        if p is None or not isinstance(nodes, list):
+            return
+        new = [n for n in dict.fromkeys(n for n in nodes if isinstance(n, str)) if n not in p.cached]
+        if new:
+            p.cached.extend(new)
+            p.effective = None
+            out.append(Transition("cached", p.id, {"nodes": list(new)}))
+        self._touch(p)
+
+    def _on_executing(self, data, out):
+        node, prompt_id = _str(data.get("node")), _str(data.get("prompt_id"))
+        if node is None:
+            # The end of a prompt, but only a hint: the terminal message says how it ended.
+            p = self._prompts.get(prompt_id) if prompt_id else None
+            if p is not None and p.frozen is None:
+                out.append(Transition("hint_finished", p.id, {"reason": "executing_null"}))
+            return
+        # Without prompt_id this is the reconnect greeting: it is about the running prompt.
+        p = self._live(prompt_id, out) if prompt_id else self._prompts.get(self._running or "")
+        if p is None or p.frozen is not None:
+            return
+        self._set_node(p, node, _str(data.get("display_node")) or node)
+        self._touch(p)
+
+    def _on_progress(self, data, out):
+        prompt_id = _str(data.get("prompt_id"))
+        p = self._live(prompt_id, out) if prompt_id else self._prompts.get(self._running or "")
+        value, maximum = _num(data.get("value")), _num(data.get("max"))
+        if p is None or p.frozen is not None or value is None or maximum is None or maximum <= 0:
+            return
+        node = _str(data.get("node")) or p.node
+        if node is not None and node != p.node:
+            self._set_node(p, node, node)
+        now = self._clock()
+        last = p.step
+        if last is None or p.step_at is None or node != p.step_node or value < last[0]:
+            p.intervals.clear()  # a new node, a new pass or a reconnect: start timing afresh
+        elif value > last[0]:
+            p.intervals.append((now - p.step_at, value - last[0]))
+        if last is None or value != last[0] or p.step_at is None or node != p.step_node:
+            p.step_at = now
+        p.step, p.step_node = (value, maximum), node
+        self._touch(p, now)
+
+    def _on_progress_state(self, data, out):
+        nodes = data.get("nodes")
+        p = self._live(data.get("prompt_id"), out)
+        if p is None or not isinstance(nodes, dict):
+            return
+        snapshot, running = {}, None
+        for nid, entry in nodes.items():
+            if not isinstance(nid, str) or not isinstance(entry, dict):
+                continue
+            state = entry.get("state")
+            value, maximum = _num(entry.get("value")) or 0.0, _num(entry.get("max")) or 0.0
+            snapshot[nid] = (state, value, maximum)
+            if state == "finished":
+                p.done.add(nid)
+            elif state == "running":
+                running = nid
+        p.ps = snapshot
+        # Observers of prompts without client id get no `executing`: the snapshot says which node
+        # runs. Only move on once the current node is no longer running (no flapping between nodes).
+        if running is not None and running != p.node and snapshot.get(p.node or "", ("",))[0] != "running":
+            display = _str(nodes[running].get("display_node_id")) or running
+            self._set_node(p, running, display)
+        self._touch(p)
+
+    def _on_executed(self, data, out):
+        p = self._live(data.get("prompt_id"), out)
+        node = _str(data.get("node"))
+        if p is None or node is None:
+            return
+        p.done.add(node)
+        output = data.get("output")
+        if isinstance(output, dict):
+            title = graphs.node_title(p.graph, _str(data.get("display_node")) or node)
+            self._merge_outputs(p, {node: output})
+            out.append(Transition("node_output", p.id, {"node_id": node, "title": title, "output": output}))
+        self._touch(p)
+
+    def _on_success(self, data, out):
+        p = self._live(data.get("prompt_id"), out)
+        if p is not None:
+            out.append(self._terminate(p, "completed", {}))
+
+    def _on_error(self, data, out):
+        p = self._live(data.get("prompt_id"), out)
+        if p is None:
+            return
+        node_id = _str(data.get("node_id"))
+        message = data.get("exception_message")
+        error = {
+            "node_id": node_id,
+            "node_type": _str(data.get("node_type")) or graphs.class_type(p.graph, node_id),
+            "node_title": self._title(p, node_id),
+            "exception_type": _str(data.get("exception_type")),
+            "message": message.rstrip("\n") if isinstance(message, str) else None,
+        }
+        tb = data.get("traceback")
+        if isinstance(tb, list) and tb:
+            error["traceback"] = "".join(str(line) for line in tb)[-TRACEBACK_MAX:]
+        if error["exception_type"] == "ExecutionBlocked":
+            out.append(Transition("blocked", p.id, {"error": error}))  # the run continues
+            return
+        out.append(self._terminate(p, "failed", {"error": error}))
+
+    def _on_interrupted(self, data, out):
+        p = self._live(data.get("prompt_id"), out)
+        if p is None:
+            return
+        node_id = _str(data.get("node_id"))
+        where = {"node_id": node_id, "node_type": _str(data.get("node_type")) or graphs.class_type(p.graph, node_id),
+                 "node_title": self._title(p, node_id)}
+        out.append(self._terminate(p, "interrupted", where))
+
+    @staticmethod
+    def _title(p: _Prompt, node_id: str | None) -> str | None:
+        """A title for error reports: only what the graph says (None rather than the bare id)."""
+        return graphs.node_title(p.graph, node_id) if node_id and graphs.class_type(p.graph, node_id) else None
+
+    # --- internals -----------------------------------------------------------------------------
+    def _get(self, prompt_id, register=False) -> _Prompt | None:
+        if not _str(prompt_id) or prompt_id in self._forgotten_set:
+            return None
+        p = self._prompts.get(prompt_id)
+        if p is None and register:
+            p = self._prompts[prompt_id] = _Prompt(prompt_id, self._clock())
+        return p
+
+    def _live(self, prompt_id, out) -> _Prompt | None:
+        """The prompt a message is about, registered if unknown and marked running; None if settled."""
+        p = self._get(_str(prompt_id), register=True)
+        if p is None or p.frozen is not None:
+            return None
+        if p.status != "running" or self._running != p.id:
+            self._make_running(p, out)
+        return p
+
+    def _make_running(self, p: _Prompt, out) -> None:
+        previous = self._prompts.get(self._running or "")
+        if previous is not None and previous is not p and previous.frozen is None:
+            # Only one prompt runs at a time: the previous one ended without telling us.
+            out.append(Transition("hint_finished", previous.id, {"reason": "superseded"}))
+        self._running = p.id
+        if p.status != "running":
+            self._start(p)
+            out.append(Transition("started", p.id, {"started_at": iso_from_epoch(p.started)}))
+
+    def _start(self, p: _Prompt) -> None:
+        p.status = "running"
+        p.started = p.started or self._clock()
+
+    def _set_node(self, p: _Prompt, node: str, display: str) -> None:
+        if node == p.node:
+            return
+        if p.node is not None and p.ps is None:
+            p.done.add(p.node)  # no progress_state from this server: the next node means this one ended
+        p.node, p.display = node, display
+        p.step = p.step_node = p.step_at = None
+        p.intervals.clear()
+
+    def _touch(self, p: _Prompt, now: float | None = None) -> None:
+        p.updated = self._clock() if now is None else now
+        self._dirty.add(p.id)
+
+    def _forget_undo(self, prompt_id: str) -> None:
+        if prompt_id in self._forgotten_set:  # registered again on purpose (e.g. reattach)
+            self._forgotten_set.discard(prompt_id)
+            self._forgotten.remove(prompt_id)
+
+    def _merge_outputs(self, p: _Prompt, outputs) -> None:
+        """Outputs as a list of state entries, or as /history's {node_id: ui_output}."""
+        if isinstance(outputs, dict):
+            outputs = [{"node_id": str(nid), "title": graphs.node_title(p.graph, str(nid)),
+                        **{k: v for k, v in ui.items() if k not in ("node_id", "title")}}
+                       for nid, ui in outputs.items() if isinstance(ui, dict)]
+        if not isinstance(outputs, list):
+            return
+        for entry in outputs:
+            if isinstance(entry, dict) and entry.get("node_id") is not None:
+                p.outputs = [o for o in p.outputs if o["node_id"] != entry["node_id"]] + [entry]
+
+    def _terminate(self, p: _Prompt, status: str, data: dict) -> Transition:
+        now = self._clock()
+        p.status, p.finished = status, now
+        effective = self._effective(p)
+        if status == "completed" and effective:
+            p.done |= effective
+        p.step_at = None
+        p.intervals.clear()
+        if self._running == p.id:
+            self._running = None
+        self._touch(p, now)
+        p.frozen = self._build_state(p, now)
+        p.graph = p.ps = None  # what state() needs is frozen; drop the rest
+        data.update({"finished_at": iso_from_epoch(now), "outputs": list(p.outputs)})
+        return Transition(status, p.id, data)
+
+    def _effective(self, p: _Prompt) -> set[str] | None:
+        if p.graph is None:
+            return None
+        if p.effective is None:
+            nodes = graphs.effective_nodes(p.graph, p.outputs_to_execute)
+            cached = set(p.cached)
+            p.effective = {n for n in nodes if n not in cached
+                           and graphs.class_type(p.graph, n) not in self.instant_types}
+        return p.effective
+
+    def _percent(self, p: _Prompt) -> float | None:
+        if p.status == "completed":
+            return 100.0
+        effective = self._effective(p)
+        raw = None
+        if effective is None:
+            if p.step is not None:  # graph unknown: the current node's steps are all we have
+                raw = 100.0 * p.step[0] / p.step[1]
+        elif effective and (p.node in effective or p.step is not None or p.done & effective):
+            raw = 100.0 * sum(self._fraction(p, n) for n in effective) / len(effective)
+        if raw is None:
+            return p.floor
+        p.floor = min(max(raw, p.floor or 0.0), PERCENT_CAP)
+        return p.floor
+
+    def _fraction(self, p: _Prompt, node: str) -> float:
+        if node in p.done:
+            return 1.0
+        if p.ps is not None and node in p.ps:
+            state, value, maximum = p.ps[node]
+            if state == "running" and maximum > 0:
+                return min(max(value / maximum, 0.0), 1.0)
+            return 0.0
+        if node == p.node and p.step is not None:
+            return min(max(p.step[0] / p.step[1], 0.0), 1.0)
+        return 0.0
+
+    def _it_per_s(self, p: _Prompt) -> float | None:
+        seconds = sum(dt for dt, _ in p.intervals)
+        if not p.intervals or seconds <= 0:
+            return None
+        return sum(steps for _, steps in p.intervals) / seconds
+
+    def _build_state(self, p: _Prompt, now: float) -> dict:
+        effective = self._effective(p)
+        percent = self._percent(p)
+        rate = self._it_per_s(p) if p.frozen is None and p.status == "running" else None
+        eta = (p.step[1] - p.step[0]) / rate if rate and p.step else None
+        end = p.finished if p.finished is not None else now
+        return {
+            "prompt_id": p.id, "status": p.status,
+            "node_id": p.node,
+            "node_type": graphs.class_type(p.graph, p.display) if p.node else None,
+            "node_title": graphs.node_title(p.graph, p.display) if p.node else None,
+            "percent": None if percent is None else round(percent, 2),
+            "indeterminate": p.status == "running" and percent is None,
+            "step": None if p.step is None else {"value": _int(p.step[0]), "max": _int(p.step[1])},
+            "it_per_s": None if rate is None else round(rate, 3),
+            "eta_s": None if eta is None else round(eta, 1),
+            "started_at": iso_from_epoch(p.started),
+            "elapsed_s": None if p.started is None else round(max(end - p.started, 0.0), 1),
+            "nodes_done": (len(p.done & effective) if effective is not None
+                           else sum(1 for s in (p.ps or {}).values() if s[0] == "finished")),
+            "nodes_total": None if effective is None else len(effective),
+            "cached_nodes": list(p.cached),
+            "outputs": list(p.outputs),
+            "updated_at": iso_from_epoch(p.updated),
+        }
+
+    # --- queries -------------------------------------------------------------------------------
+    def state(self, prompt_id) -> dict | None:
+        p = self._prompts.get(prompt_id)
+        if p is None:
+            return None
+        if p.frozen is not None:
+            return dict(p.frozen)
+        return self._build_state(p, self._clock())
+
+    def active(self) -> list[dict]:
+        """Unsettled prompts: the running one first, then other running, then queued by number."""
+        live = [p for p in self._prompts.values() if p.frozen is None]
+        live.sort(key=lambda p: (p.id != self._running, p.status != "running",
+                                 p.number if p.number is not None else math.inf))
+        return [self.state(p.id) for p in live]
+
+    def running_id(self) -> str | None:
+        return self._running
+
+    def pop_dirty(self) -> set[str]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+
+def _int(value: float):
+    return int(value) if value == int(value) else value

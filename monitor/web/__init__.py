@@ -1,0 +1,1 @@
+"""Flask blueprints: JSON API, HTML pages and the browser WebSocket."""

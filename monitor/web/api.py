@@ -1,0 +1,255 @@
+"""JSON API: queue, jobs, history, submit, cancel, workflows, telemetry, the /view proxy and /healthz."""
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from ..comfy import ComfyUnavailable
+from ..jobs import STATUSES
+from ..service import SubmitError
+from ..workflows import ParamError, new_job_folder
+
+bp = Blueprint("api", __name__)
+
+VIEW_TYPES = {"output", "input", "temp"}
+MEDIA_PREFIXES = ("image/", "video/")
+_PREVIEW_RE = re.compile(r"^(webp|jpeg|png);\d{1,3}$")
+_CHANNEL_RE = re.compile(r"^(rgba|rgb|a)$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra):
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+@bp.app_errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return jsonify(error=exc.message, **exc.extra), exc.status
+
+
+def _json_http_error(exc: HTTPException):
+    """JSON errors for API paths; HTML pages keep Flask's own error pages."""
+    if request.path.startswith("/api/") or request.path == "/healthz":
+        return jsonify(error=exc.description or exc.name), exc.code
+    return exc
+
+
+def mon():
+    return current_app.extensions["monitor"]
+
+
+def _body() -> dict:
+    data = request.get_json(silent=True)
+    if data is None:
+        if request.content_length:
+            raise ApiError(400, "request body must be valid JSON (Content-Type: application/json)")
+        return {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def _submit_error(exc: SubmitError):
+    payload = {"error": str(exc)}
+    if exc.details:
+        payload["node_errors"] = exc.details
+    if exc.job:
+        payload["job"] = exc.job
+    return jsonify(payload), exc.status
+
+
+# --- reads ------------------------------------------------------------------------------------
+@bp.get("/api/admin/queue")
+def queue():
+    return jsonify(jobs=mon().active_jobs())
+
+
+@bp.get("/api/admin/jobs/<job_id>")
+def job(job_id: str):
+    found = mon().get_job(job_id)
+    if found is None:
+        raise ApiError(404, f"no job with id {job_id!r}")
+    return jsonify(found)
+
+
+@bp.get("/api/admin/history")
+def history():
+    raw_limit = request.args.get("limit", "50")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise ApiError(400, f"limit must be an integer, got {raw_limit!r}")
+    if not 1 <= limit <= 500:
+        raise ApiError(400, "limit must be between 1 and 500")
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, f"unknown status {status!r}; one of: {', '.join(sorted(STATUSES))}")
+    return jsonify(jobs=mon().history(limit=limit, status=status))
+
+
+@bp.get("/api/admin/events")
+def events():
+    try:
+        since = int(request.args.get("since", "0"))
+    except ValueError:
+        raise ApiError(400, "since must be an integer event seq")
+    return jsonify(events=mon().events.since(since, limit=500), last_seq=mon().events.last_seq())
+
+
+@bp.get("/api/admin/telemetry")
+def telemetry():
+    return jsonify(mon().telemetry.snapshot())
+
+
+@bp.get("/api/run/workflows")
+def workflows():
+    return jsonify(workflows=[w.summary() for w in mon().workflows.values()])
+
+
+@bp.get("/healthz")
+def healthz():
+    m = mon()
+    comfy = m.comfy_state()
+    try:
+        m.store.get("healthz-probe")
+        db_ok = True
+    except Exception:
+        db_ok = False
+    ok = db_ok and comfy["connected"]
+    body = {"ok": ok, "db": "ok" if db_ok else "error",
+            "comfy": {k: comfy[k] for k in ("connected", "since", "last_message_at", "listener_age_s",
+                                            "reconciled_at")}}
+    return jsonify(body), 200 if ok else 503
+
+
+# --- jobs in / out ----------------------------------------------------------------------------
+@bp.post("/api/run")
+def run_prompt():
+    body = _body()
+    prompt = body.get("prompt")
+    _validate_graph(prompt)
+    name = body.get("workflow_name")
+    if name is not None and not isinstance(name, str):
+        raise ApiError(400, "workflow_name must be a string")
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise ApiError(400, "params must be an object")
+    try:
+        job = mon().submit(prompt, workflow_name=name, params=params)
+    except SubmitError as exc:
+        return _submit_error(exc)
+    return jsonify(job), 201
+
+
+@bp.post("/api/run/<workflow_id>/execute")
+def run_workflow(workflow_id: str):
+    wf = mon().workflows.get(workflow_id)
+    if wf is None:
+        raise ApiError(404, f"unknown workflow {workflow_id!r}")
+    body = _body()
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        raise ApiError(400, "params must be an object")
+    import uuid
+    prompt_id = str(uuid.uuid4())
+    folder = new_job_folder(workflow_id, prompt_id)
+    try:
+        rendered = wf.render(params, folder)
+    except ParamError as exc:
+        raise ApiError(400, str(exc))
+    try:
+        job = mon().submit(rendered.prompt, workflow_id=workflow_id, workflow_name=wf.name,
+                           params=rendered.params, seeds=rendered.seeds, job_folder=folder,
+                           prompt_id=prompt_id)
+    except SubmitError as exc:
+        return _submit_error(exc)
+    return jsonify(job), 201
+
+
+@bp.post("/api/admin/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    try:
+        job = mon().cancel(job_id)
+    except KeyError:
+        raise ApiError(404, f"no job with id {job_id!r}")
+    except SubmitError as exc:
+        return _submit_error(exc)
+    return jsonify(job)
+
+
+def _validate_graph(prompt) -> None:
+    if not isinstance(prompt, dict) or not prompt:
+        raise ApiError(400, "prompt must be a non-empty API-format graph object: {node_id: {class_type, inputs}}")
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise ApiError(400, f"node {node_id!r} must be an object with a string class_type")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise ApiError(400, f"node {node_id!r}: inputs must be an object")
+
+
+# --- /view proxy --------------------------------------------------------------------------------
+def _check_name(value: str, what: str, allow_sep: bool) -> str:
+    if "\x00" in value or "\\" in value:
+        raise ApiError(400, f"{what} contains a forbidden character")
+    if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
+        raise ApiError(400, f"{what} must be a relative name")
+    parts = value.split("/")
+    if any(p in ("..", ".") for p in parts):
+        raise ApiError(400, f"{what} must not contain '..' or '.' segments")
+    if not allow_sep and len(parts) > 1:
+        raise ApiError(400, f"{what} must not contain path separators")
+    return value
+
+
+@bp.get("/api/view")
+def view():
+    args = request.args
+    filename = args.get("filename", "")
+    if not filename:
+        raise ApiError(400, "filename is required")
+    _check_name(filename, "filename", allow_sep=False)
+    subfolder = _check_name(args.get("subfolder", ""), "subfolder", allow_sep=True) if args.get("subfolder") else ""
+    kind = args.get("type", "output")
+    if kind not in VIEW_TYPES:
+        raise ApiError(400, f"type must be one of {sorted(VIEW_TYPES)}")
+    params = {"filename": filename, "subfolder": subfolder, "type": kind}
+    if args.get("preview"):
+        if not _PREVIEW_RE.match(args["preview"]):
+            raise ApiError(400, "preview must look like webp;75 or jpeg;80")
+        params["preview"] = args["preview"]
+    if args.get("channel"):
+        if not _CHANNEL_RE.match(args["channel"]):
+            raise ApiError(400, "channel must be rgba, rgb or a")
+        params["channel"] = args["channel"]
+    try:
+        upstream = mon().comfy.view(params)
+    except ComfyUnavailable:
+        raise ApiError(502, "ComfyUI is not reachable")
+    if upstream.status_code != 200:
+        upstream.close()
+        status = upstream.status_code if upstream.status_code in (400, 403, 404) else 502
+        raise ApiError(status, f"ComfyUI answered {upstream.status_code} for this file")
+    ctype = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if not ctype.startswith(MEDIA_PREFIXES):
+        upstream.close()
+        raise ApiError(415, f"refusing to serve {ctype or 'unknown type'}: only images and videos")
+
+    def body():
+        try:
+            yield from upstream.iter_content(chunk_size=64 * 1024)
+        finally:
+            upstream.close()
+
+    headers = {"Content-Type": ctype, "X-Content-Type-Options": "nosniff",
+               "Cache-Control": "private, max-age=3600", "Content-Disposition": "inline"}
+    if upstream.headers.get("Content-Length"):
+        headers["Content-Length"] = upstream.headers["Content-Length"]
+    return Response(stream_with_context(body()), headers=headers)
+
+
+def install(app) -> None:
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _json_http_error)

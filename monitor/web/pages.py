@@ -1,0 +1,297 @@
+"""The /admin/queue page and the HTML fragments that htmx swaps into it.
+
+Views render only from cached state on the Monitor facade (``current_app.extensions["monitor"]``): they never
+call ComfyUI and never block. The full page includes the fragments; the same fragments are returned alone to
+the page's refresh requests (``hx-swap="morph"``, so the DOM is updated in place).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from urllib.parse import urlencode
+
+from flask import Blueprint, current_app, redirect, render_template, url_for
+
+from monitor.timeutil import epoch_from_iso
+
+bp = Blueprint("pages", __name__)
+
+# How long (seconds) the page keeps a finished job's card on screen with its final badge (read by queue.js).
+LINGER_S = 6
+# Fallback poll of the card list, in seconds (the countdown bar in the LIVE indicator).
+POLL_S = 10
+# Gauges refresh (seconds); the telemetry sampler itself runs every ~1.5 s.
+GAUGES_POLL_S = 3
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("completed", "failed", "interrupted", "cancelled", "stalled")
+
+
+def _monitor():
+    return current_app.extensions["monitor"]
+
+
+# --- filters ------------------------------------------------------------------------------------------------
+
+@bp.app_template_filter("bytes")
+def format_bytes(value) -> str:
+    """8375186227 → "7.8 GiB"; None → "n/a"."""
+    if value is None:
+        return "n/a"
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(n) or n < 0:
+        return "n/a"
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n /= 1024.0
+        i += 1
+    if i == 0:
+        return f"{int(n)} B"
+    return f"{n:.1f} {units[i]}" if n < 100 else f"{n:.0f} {units[i]}"
+
+
+@bp.app_template_filter("duration")
+def format_duration(value) -> str:
+    """Seconds → "12s", "1m 05s", "2h 03m"; None → "" (the template decides what to show instead)."""
+    if value is None:
+        return ""
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(s) or s < 0:
+        return ""
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+@bp.app_template_filter("percent")
+def format_percent(value, digits: int = 0) -> str:
+    """67.5 → "68%" (digits=0); None → "n/a"."""
+    if value is None:
+        return "n/a"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:.{digits}f}%"
+
+
+@bp.app_template_filter("clamp_pct")
+def clamp_pct(value) -> float:
+    """A number fit for a CSS width in percent (0-100): never anything but a float."""
+    try:
+        v = float(value)
+    except Exception:  # None, Undefined, junk: an empty bar
+        return 0.0
+    if not math.isfinite(v):
+        return 0.0
+    return round(max(0.0, min(100.0, v)), 2)
+
+
+@bp.app_template_filter("utc_text")
+def utc_text(value) -> str:
+    """The fallback text of a <time> element (the page rewrites it in the viewer's local time)."""
+    if not value:
+        return ""
+    try:
+        parsed = _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_dt.timezone.utc)
+    return parsed.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.app_template_filter("short_id")
+def short_id(value, n: int = 8) -> str:
+    value = "" if value is None else str(value)
+    return value if len(value) <= n else value[:n] + "…"
+
+
+@bp.app_template_global("view_url")
+def view_url(image) -> str | None:
+    """The /api/view proxy URL of an image ref ({filename, subfolder, type}) or of a bare input filename."""
+    if not image:
+        return None
+    if isinstance(image, str):
+        image = {"filename": image, "subfolder": "", "type": "input"}
+    if not isinstance(image, dict) or not image.get("filename"):
+        return None
+    query = urlencode({
+        "filename": str(image.get("filename") or ""),
+        "subfolder": str(image.get("subfolder") or ""),
+        "type": str(image.get("type") or "output"),
+    })
+    return f"/api/view?{query}"
+
+
+@bp.app_template_global("job_thumb")
+def job_thumb(job: dict) -> str | None:
+    """Output image if there is one (latest node first), else the input image, else None (placeholder)."""
+    outputs = list(job.get("outputs") or [])
+    progress = job.get("progress") or {}
+    if not outputs and isinstance(progress, dict):
+        outputs = list(progress.get("outputs") or [])
+    for out in reversed(outputs):
+        for img in reversed((out or {}).get("images") or []):
+            url = view_url(img)
+            if url:
+                return url
+    return view_url(job.get("input_image"))
+
+
+@bp.app_template_global("sparkline")
+def sparkline(points, width: int = 100, height: int = 24, lo: float = 0.0, hi: float = 100.0) -> str:
+    """SVG polyline points ("x,y x,y …") for a history of [t, v] pairs; only numbers, never user text."""
+    pts = []
+    for item in points or []:
+        try:
+            t, v = item[0], item[1]
+            t = epoch_from_iso(t) if isinstance(t, str) else float(t)
+            if v is None:
+                continue
+            v = float(v)
+        except (TypeError, ValueError, IndexError, KeyError):
+            continue
+        if math.isfinite(t) and math.isfinite(v):
+            pts.append((t, v))
+    if len(pts) < 2:
+        return ""
+    t0, t1 = pts[0][0], pts[-1][0]
+    span_t = (t1 - t0) or 1.0
+    span_v = (hi - lo) or 1.0
+    out = []
+    for t, v in pts:
+        x = (t - t0) / span_t * width
+        y = height - (max(lo, min(hi, v)) - lo) / span_v * height
+        out.append(f"{x:.1f},{y:.1f}")
+    return " ".join(out)
+
+
+@bp.app_template_global("level")
+def level(pct, thresholds=None) -> str:
+    """"na" | "ok" | "warm" | "hot" for a gauge colour (thresholds from the snapshot: warm 65, hot 85)."""
+    if pct is None:
+        return "na"
+    try:
+        v = float(pct)
+    except (TypeError, ValueError):
+        return "na"
+    th = thresholds or {}
+    warm, hot = th.get("warm", 65), th.get("hot", 85)
+    if v >= hot:
+        return "hot"
+    if v >= warm:
+        return "warm"
+    return "ok"
+
+
+@bp.app_template_global("is_scalar")
+def is_scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+# --- data helpers -------------------------------------------------------------------------------------------
+
+def _active_jobs() -> list[dict]:
+    jobs = list(_monitor().active_jobs() or [])
+    # Running first, then queued by queue position / time (the Monitor already orders them; keep it stable).
+    def key(j):
+        running = 0 if j.get("status") == "running" else 1
+        pos = j.get("queue_position")
+        return (running, pos if isinstance(pos, (int, float)) else math.inf, j.get("queued_at") or "")
+    return sorted(jobs, key=key)
+
+
+def _current(jobs: list[dict]) -> dict | None:
+    for job in jobs:
+        if job.get("status") == "running":
+            return job
+    return None
+
+
+def _telemetry() -> dict | None:
+    tel = getattr(_monitor(), "telemetry", None)
+    if tel is None:
+        return None
+    try:
+        return tel.snapshot()
+    except Exception:  # a broken sampler must not take the page down: the gauges then say "n/a"
+        current_app.logger.exception("telemetry snapshot failed")
+        return None
+
+
+def _comfy_state() -> dict:
+    try:
+        return _monitor().comfy_state() or {}
+    except Exception:
+        current_app.logger.exception("comfy_state failed")
+        return {}
+
+
+def _context(**extra) -> dict:
+    ctx = {"linger_s": LINGER_S, "poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S}
+    ctx.update(extra)
+    return ctx
+
+
+def _fragment(template: str, **ctx):
+    resp = current_app.make_response(render_template(template, **_context(**ctx)))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+# --- routes -------------------------------------------------------------------------------------------------
+
+@bp.get("/")
+def index():
+    return redirect(url_for("pages.queue_page"))
+
+
+@bp.get("/admin/queue")
+def queue_page():
+    jobs = _active_jobs()
+    resp = current_app.make_response(render_template(
+        "queue.html",
+        **_context(jobs=jobs, current=_current(jobs), telemetry=_telemetry(), comfy=_comfy_state()),
+    ))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/admin/queue/cards")
+def queue_cards():
+    return _fragment("_cards.html", jobs=_active_jobs())
+
+
+@bp.get("/admin/queue/current")
+def queue_current():
+    return _fragment("_current.html", current=_current(_active_jobs()))
+
+
+@bp.get("/admin/queue/gauges")
+def queue_gauges():
+    return _fragment("_gauges.html", telemetry=_telemetry())
+
+
+@bp.get("/admin/jobs/<job_id>/overlay")
+def job_overlay(job_id: str):
+    job = _monitor().get_job(job_id)
+    if job is None:
+        resp = _fragment("_overlay.html", job=None, job_id=job_id)
+        resp.status_code = 404
+        return resp
+    return _fragment("_overlay.html", job=job, job_id=job_id)
