@@ -26,7 +26,7 @@ DEFAULT_INSTANT_TYPES: frozenset[str] = frozenset({
     "Constant Number", "Number Operation", "Number to Int", "Number to Float", "Number to String",
     "Text String", "Text Multiline", "Text Concatenate",
     # Comfyroll
-    "CR Seed", "CR Value", "CR Integer To String", "CR Float To Integer",
+    "CR Seed", "CR Integer To String", "CR Float To Integer",
     # Easy-Use
     "easy int", "easy float", "easy string", "easy boolean", "easy seed",
     "easy mathInt", "easy mathFloat", "easy mathString",

@@ -86,6 +86,7 @@ class Hub:
 
     def stats(self) -> dict:
         return {"clients": len(self._clients),
+                "previews_off": sum(not c.previews for c in self._clients),
                 "outbox_max": max((len(c.events) for c in self._clients), default=0), **self.counters}
 
     # --- producers (call from greenlets of this process; not thread-safe) ---
@@ -116,6 +117,7 @@ class Hub:
     def serve(self, ws, hello: dict) -> None:
         c = _Client(ws, self.max_events)
         c.events.append((None, _text({"type": "hello", **hello})))
+        c.wake.set()
         self._clients.add(c)
         c.greenlet = gevent.spawn(self._pump, c)
         try:
@@ -232,7 +234,7 @@ class Hub:
                     next_ping = time.monotonic() + self.ping_interval
                 if frames and not c.closed:
                     with gevent.Timeout(self.send_timeout):
-                        c.ws.sock.sendall(b"".join(frames))
+                        c.ws.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
         except gevent.Timeout:
             why = "send timed out"
         except OSError as exc:

@@ -46,6 +46,7 @@ class Monitor:
         self.store = JobStore(config.db_path)
         self.hub = Hub(tick=config.hub_tick)
         self.events = EventBus(self.store, on_event=self.hub.publish_event)
+        self.hub.events_since = self.events.since  # a reconnecting page replays what it missed
         self.tracker = Tracker(instant_types=set(graphs.DEFAULT_INSTANT_TYPES) | set(config.instant_nodes))
         self.comfy = ComfyClient(config.comfy_base, auth=config.comfy_auth)
         self.telemetry = Telemetry(config, comfy=self.comfy, interval=config.telemetry_interval)

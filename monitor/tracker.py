@@ -128,9 +128,8 @@ class Tracker:
         if status in TERMINAL:
             self.finish(prompt_id, status)
         elif status == "running" and p.status == "queued":
-            self._start(p)
-            if self._running is None:
-                self._running = prompt_id
+            self._start(p)  # /queue says it runs now, so whatever we thought was running has ended
+            self._running = prompt_id
         self._touch(p)
 
     def finish(self, prompt_id, status, error=None, outputs=None) -> list[Transition]:
@@ -291,15 +290,9 @@ class Tracker:
         p = self._live(data.get("prompt_id"), out)
         if p is None:
             return
-        node_id = _str(data.get("node_id"))
         message = data.get("exception_message")
-        error = {
-            "node_id": node_id,
-            "node_type": _str(data.get("node_type")) or graphs.class_type(p.graph, node_id),
-            "node_title": self._title(p, node_id),
-            "exception_type": _str(data.get("exception_type")),
-            "message": message.rstrip("\n") if isinstance(message, str) else None,
-        }
+        error = {**self._where(p, data), "exception_type": _str(data.get("exception_type")),
+                 "message": message.rstrip("\n") if isinstance(message, str) else None}
         tb = data.get("traceback")
         if isinstance(tb, list) and tb:
             error["traceback"] = "".join(str(line) for line in tb)[-TRACEBACK_MAX:]
@@ -312,15 +305,15 @@ class Tracker:
         p = self._live(data.get("prompt_id"), out)
         if p is None:
             return
-        node_id = _str(data.get("node_id"))
-        where = {"node_id": node_id, "node_type": _str(data.get("node_type")) or graphs.class_type(p.graph, node_id),
-                 "node_title": self._title(p, node_id)}
-        out.append(self._terminate(p, "interrupted", where))
+        out.append(self._terminate(p, "interrupted", self._where(p, data)))
 
     @staticmethod
-    def _title(p: _Prompt, node_id: str | None) -> str | None:
-        """A title for error reports: only what the graph says (None rather than the bare id)."""
-        return graphs.node_title(p.graph, node_id) if node_id and graphs.class_type(p.graph, node_id) else None
+    def _where(p: _Prompt, data: dict) -> dict:
+        """The node an error/interrupt names; its title only if the graph has the node (never the bare id)."""
+        node_id = _str(data.get("node_id"))
+        node_type = graphs.class_type(p.graph, node_id)
+        return {"node_id": node_id, "node_type": _str(data.get("node_type")) or node_type,
+                "node_title": graphs.node_title(p.graph, node_id) if node_type else None}
 
     # --- internals -----------------------------------------------------------------------------
     def _get(self, prompt_id, register=False) -> _Prompt | None:

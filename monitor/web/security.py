@@ -47,18 +47,25 @@ def credentials_ok(config, environ) -> bool:
     return False
 
 
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
 def origin_allowed(environ) -> bool:
-    """Same-origin or not a browser. `Origin: null` and cross-site requests are refused."""
+    """True for non-browser clients (no Origin) and same-origin requests; False for `Origin: null`,
+    `Sec-Fetch-Site: cross-site` and any Origin whose host:port differs from the request's Host."""
     if environ.get("HTTP_SEC_FETCH_SITE", "").lower() == "cross-site":
         return False
     origin = environ.get("HTTP_ORIGIN")
     if origin is None:
         return True
-    if origin == "null":
+    try:
+        o = urlsplit(origin)
+        h = urlsplit("//" + environ.get("HTTP_HOST", ""))
+        default = _DEFAULT_PORTS.get(o.scheme)
+        return (default is not None and bool(o.hostname) and o.hostname == h.hostname
+                and (o.port or default) == (h.port or default))
+    except ValueError:   # a malformed port
         return False
-    parts = urlsplit(origin)
-    host = environ.get("HTTP_HOST") or ""
-    return bool(parts.netloc) and parts.netloc.lower() == host.lower()
 
 
 def install(app) -> None:

@@ -1,34 +1,13 @@
 """`/api/run/ws`: the browser's live feed; same-origin handshakes only, then `Hub.serve` runs the session."""
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
 
+from .security import origin_allowed
+
 bp = Blueprint("ws", __name__)
 sock = Sock()
-
-_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
-
-
-def origin_allowed(environ) -> bool:
-    """True for non-browser clients (no Origin) and same-origin requests; False for `Origin: null`,
-    `Sec-Fetch-Site: cross-site` and any Origin whose host:port differs from the request's Host."""
-    if environ.get("HTTP_SEC_FETCH_SITE", "").lower() == "cross-site":
-        return False
-    origin = environ.get("HTTP_ORIGIN")
-    if origin is None:
-        return True
-    try:
-        o = urlsplit(origin)
-        h = urlsplit("//" + environ.get("HTTP_HOST", ""))
-        default = _DEFAULT_PORTS.get(o.scheme)
-        return (default is not None and bool(o.hostname) and o.hostname == h.hostname
-                and (o.port or default) == (h.port or default))
-    except ValueError:   # a malformed port
-        return False
-
 
 @bp.before_request
 def _before_handshake():

@@ -1,0 +1,92 @@
+"""Worst gevent loop lag while the telemetry sampler runs against a slow nvidia-smi.
+
+A fake nvidia-smi (a real subprocess, 2 GPUs, SLOW seconds per call) is put first on PATH; the
+sampler runs for DURATION seconds while a probe greenlet sleeps 5 ms at a time and records how late
+it wakes up. Target: worst lag <= 20 ms.
+
+    .venv/bin/python bench/loop_lag.py [--duration 15] [--slow 1.5] [--check]
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from monitor.config import Config  # noqa: E402
+from monitor.telemetry import Telemetry  # noqa: E402
+
+TARGET_MS = 20.0
+PROBE_S = 0.005
+CSV = ("0, GPU-1f6b6bd1, 37, 24564, 6141, 18423, 550.54.15, NVIDIA GeForce RTX 4090, [N/A], Disabled, Disabled, 61\n"
+       "1, GPU-7a2f2d0e, 92, 81559, 70144, 11415, 550.54.15, NVIDIA H100 80GB HBM3, 1654022012345, Disabled, Disabled, 48\n")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--slow", type=float, default=1.5, help="seconds each nvidia-smi call takes")
+    ap.add_argument("--interval", type=float, default=1.5)
+    ap.add_argument("--check", action="store_true", help=f"exit 1 if the worst lag exceeds {TARGET_MS} ms")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        smi = os.path.join(tmp, "nvidia-smi")
+        with open(smi, "w") as fh:
+            fh.write(f"#!/bin/sh\necho $$ >> {tmp}/calls\nsleep {args.slow}\ncat <<'CSV'\n{CSV}CSV\n")
+        os.chmod(smi, 0o755)
+        os.environ["PATH"] = tmp + os.pathsep + os.environ["PATH"]
+
+        tel = Telemetry(Config(data_dir=tmp), interval=args.interval)
+        lags = []
+
+        def probe():
+            while True:
+                t0 = time.perf_counter()
+                gevent.sleep(PROBE_S)
+                lags.append(max(0.0, time.perf_counter() - t0 - PROBE_S))
+
+        prober = gevent.spawn(probe)
+        gevent.sleep(0.5)  # let the probe settle before the sampler starts
+        tel.start()
+        gevent.sleep(args.duration)
+        tel.stop()
+        prober.kill()
+        with open(os.path.join(tmp, "calls")) as fh:
+            calls = len(fh.read().split())
+        gpu = tel.snapshot()["gpu"]
+
+    lags.sort()
+    worst = lags[-1] * 1000
+    p99 = lags[int(len(lags) * 0.99) - 1] * 1000
+    p50 = lags[len(lags) // 2] * 1000
+    print(f"machine: {platform.platform()}; CPU: {cpu_model()} x{os.cpu_count()}; "
+          f"Python {platform.python_version()} ({platform.python_implementation()})")
+    print(f"sampler: interval {args.interval} s, nvidia-smi {args.slow} s/call, {calls} calls in "
+          f"{args.duration:g} s, GPUs seen: {[d['name'] for d in gpu['devices']]}, stale={gpu['stale']}")
+    print(f"loop lag over {len(lags)} probes of {PROBE_S * 1000:g} ms: "
+          f"worst {worst:.2f} ms, p99 {p99:.2f} ms, p50 {p50:.2f} ms (target worst <= {TARGET_MS:g} ms: "
+          f"{'OK' if worst <= TARGET_MS else 'MISSED'})")
+    return 1 if args.check and worst > TARGET_MS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
