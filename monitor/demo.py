@@ -20,7 +20,7 @@ import string
 import struct
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
 HISTORY_MAX = 10000
+FILES_MAX = 2000     # /view files kept by a long-running demo
+LOG_MAX = 10000      # .requests / .posted entries kept
 
 # Per PROTOCOL.md §3: with no client_id these go to every socket, everything else to nobody.
 BROADCAST_WITHOUT_CLIENT = frozenset({"progress", "progress_state", "execution_interrupted"})
@@ -173,6 +175,10 @@ class Conn:
         self.wants_metadata = False
         self.first_frame_seen = False
         self.outbox: gevent.queue.Queue = gevent.queue.Queue()
+        try:  # like aiohttp: no Nagle delay between the many small frames of a run
+            ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.sender = gevent.spawn(self._send_loop)
 
     def send(self, payload) -> None:
@@ -222,9 +228,10 @@ class SimComfy:
         self._running_allowed = gevent.event.Event()
         if not paused:
             self._running_allowed.set()
-        self.requests: list[tuple[str, str]] = []
-        self.posted: list = []
-        self._files: dict[tuple[str, str, str], bytes | None] = {}
+        self.requests: deque[tuple[str, str]] = deque(maxlen=LOG_MAX)  # (method, path) of every request
+        self.posted: deque = deque(maxlen=LOG_MAX)                       # parsed POST /prompt bodies
+        self.traffic: gevent.Greenlet | None = None                      # see start_demo()
+        self._files: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
         self._reset_state()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -238,7 +245,7 @@ class SimComfy:
         self._conns: set[Conn] = set()      # every open socket, including orphaned duplicates
         self.create_times: dict[str, int] = {}
         # A restart deletes the temp folder; output and input files stay on disk.
-        self._files = {k: v for k, v in self._files.items() if k[0] != "temp"}
+        self._files = OrderedDict((k, v) for k, v in self._files.items() if k[0] != "temp")
 
     @property
     def url(self) -> str:
@@ -267,17 +274,15 @@ class SimComfy:
             self._worker.kill()
             self._worker = None
         for conn in list(self._conns):
-            if abrupt:
-                conn.kill()
-            else:
-                conn.close()
+            if not abrupt:  # a polite goodbye first (a real ComfyUI never sends one)
+                conn.sender.kill(block=False)
                 try:
-                    conn.sender.join(timeout=1)
                     conn.ws.close(reason=1001)
                 except Exception:
                     pass
+            conn.kill()
         server, self._server = self._server, None
-        server.stop(timeout=0.2)
+        server.stop(timeout=0)
         self.engine.reset()
         self._reset_state()
 
@@ -377,7 +382,7 @@ class SimComfy:
         entry = self.history[job.prompt_id] = job.engine.history_entry(job, built)
         self._register_files(entry.get("outputs") or {})
         while len(self.history) > HISTORY_MAX:
-            self.history.popitem(last=False)
+            self.create_times.pop(self.history.popitem(last=False)[0], None)
         self.running = None
         self._broadcast_status()
         if job.client_id is not None:
@@ -439,7 +444,7 @@ class SimComfy:
             for img in (output or {}).get("images") or []:
                 if isinstance(img, dict) and img.get("filename"):
                     key = (img.get("type") or "output", img.get("subfolder") or "", img["filename"])
-                    self._files.setdefault(key, None)  # rendered lazily by the engine on /view
+                    self.add_file(*key)
 
     def _flush_type1(self, run: Run) -> None:
         frames, run.pending_type1 = run.pending_type1, []
@@ -683,7 +688,12 @@ class SimComfy:
 
     def add_file(self, kind: str, subfolder: str, filename: str, data: bytes | None = None) -> None:
         """Make /view serve a file (None: rendered by the engine on first request)."""
-        self._files[(kind, subfolder, filename)] = data
+        key = (kind, subfolder, filename)
+        if data is None and key in self._files:
+            return
+        self._files[key] = data
+        while len(self._files) > FILES_MAX:
+            self._files.popitem(last=False)
 
     def _get_system_stats(self):
         if self._system_stats is not None:
@@ -814,7 +824,7 @@ def _target_image(seed: int, size: int):
     from PIL import Image, ImageChops
     a, b = _palette(seed)
     radial = Image.radial_gradient("L").resize((size, size))
-    linear = Image.linear_gradient("L").resize((size, size)).rotate(seed % 360)
+    linear = Image.linear_gradient("L").resize((size, size)).rotate(90 * (seed % 4))
     mask = ImageChops.multiply(ImageChops.invert(radial), linear).point(lambda v: min(255, v * 2))
     return Image.composite(Image.new("RGB", (size, size), a), Image.new("RGB", (size, size), b), mask)
 
@@ -825,10 +835,11 @@ def preview_jpeg(seed: int, level: int, levels: int = 16, size: int = 256) -> by
     sampler at 20 steps/s reuses a handful of frames instead of encoding each one."""
     from PIL import Image
     target = _target_image(seed % 64, size)
-    noise = Image.effect_noise((size, size), 90).convert("RGB")
+    # Coarse noise, smoothed up: looks like latent noise and keeps each JPEG around 10 KB.
+    noise = Image.effect_noise((size // 4, size // 4), 90).convert("RGB").resize((size, size), Image.BILINEAR)
     frame = Image.blend(noise, target, min(1.0, 0.15 + 0.85 * level / levels))
     buf = io.BytesIO()
-    frame.save(buf, "JPEG", quality=80)
+    frame.save(buf, "JPEG", quality=75)
     return buf.getvalue()
 
 
@@ -884,8 +895,9 @@ class SyntheticEngine(Engine):
 
     def __init__(self, step_s: float = 0.12, default_steps: int = 20, failure_rate: float = 0.0,
                  extra_classes: frozenset | set = frozenset(), seed: int | None = None,
-                 preview_size: int = 256, cache_size: int = 512):
+                 preview_size: int = 256, cache_size: int = 512, time_scale: float = 1.0):
         self.step_s = step_s
+        self.time_scale = time_scale  # multiplies every delay (tests run at e.g. 0.05)
         self.default_steps = default_steps
         self.failure_rate = failure_rate
         self.known = KNOWN_CLASSES | frozenset(extra_classes)
@@ -968,7 +980,7 @@ class SyntheticEngine(Engine):
                 inputs = prompt[nid].get("inputs") or {}
                 steps = _int(inputs.get("steps"), self.default_steps)
                 delay = _int(inputs.get("delay_ms"), None)
-                delay = self.step_s if delay is None else delay / 1000.0
+                delay = (self.step_s if delay is None else delay / 1000.0) * self.time_scale
                 seed = _int(inputs.get("seed", inputs.get("noise_seed")), 0)
                 for step in range(1, steps + 1):
                     yield delay, CHECK
@@ -982,7 +994,7 @@ class SyntheticEngine(Engine):
                                                            "node": nid}}
                 maximum = steps
             else:
-                delay = SLOW_CLASSES.get(class_type, 0.0)
+                delay = SLOW_CLASSES.get(class_type, 0.0) * self.time_scale
                 if delay:
                     yield delay, CHECK
                 if nid == fail_node:
@@ -1115,3 +1127,13 @@ def start_demo_traffic(url: str, every_s: float = 8.0, client_id: str | None = N
                 log.debug("demo traffic: %s", exc)
             gevent.sleep(every_s * rnd.uniform(0.7, 1.3))
     return gevent.spawn(loop)
+
+
+def start_demo(host: str = "127.0.0.1", port: int = 0, traffic_every_s: float | None = 8.0,
+               failure_rate: float = 1 / 8) -> SimComfy:
+    """`--demo`: a started SimComfy whose synthetic runs fail now and then, plus external traffic
+    (None: no traffic). `sim.traffic` is the traffic greenlet (or None)."""
+    sim = SimComfy(SyntheticEngine(failure_rate=failure_rate), host=host, port=port)
+    sim.start()
+    sim.traffic = start_demo_traffic(sim.url, every_s=traffic_every_s) if traffic_every_s else None
+    return sim

@@ -62,7 +62,8 @@ class Monitor:
         self._cancel_requested: set[str] = set()
         self._finished: dict[str, float] = {}
         self._positions: dict[str, int] = {}
-        self._had_disconnect = False
+        self._disconnects = 0          # bumped on every lost connection
+        self._reconciled_epoch = 0     # the _disconnects value the last full reconcile accounted for
         self._wake = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
         self._was_busy = False
@@ -161,6 +162,7 @@ class Monitor:
             job = self.store.create(job)
             self.tracker.register(prompt_id, prompt, outputs, client_id=self.client_id)
             self._posting.add(prompt_id)
+            self.events.emit("job.queued", f"Job {prompt_id[:8]} queued", data={"id": prompt_id})
         body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
         if self.comfy.features.jobs_api:
             # Newer servers honour a per-prompt preview method even when started with `none`.
@@ -185,11 +187,9 @@ class Monitor:
             # Partially valid: ComfyUI runs only the valid outputs. Keep what it said.
             fields["error"] = {"message": "some outputs failed validation and will not run",
                                "node_errors": answer["node_errors"], "partial": True}
-        with self._lock:
-            if fields:
+        if fields:
+            with self._lock:
                 self.store.update(prompt_id, **fields)
-            if self.store.get(prompt_id)["status"] == "queued":
-                self.events.emit("job.queued", f"Job {prompt_id[:8]} queued", data={"id": prompt_id})
         self._wake.set()
         return self.get_job(prompt_id)
 
@@ -240,7 +240,7 @@ class Monitor:
         self.reconcile()
 
     def _on_disconnect(self, reason: str) -> None:
-        self._had_disconnect = True
+        self._disconnects += 1
         self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection: {reason}", severity="warning")
         self.hub.publish({"type": "comfy", **self.comfy_state()})
 
@@ -251,8 +251,6 @@ class Monitor:
         with self._lock:
             transitions = self.tracker.handle(msg_type, data)
             self._apply(transitions)
-        if msg_type == "executing" and data.get("node") is None and data.get("prompt_id"):
-            self._wake.set()  # only a hint that it ended: /history confirms
         self._push_progress()
 
     def _on_binary(self, frame) -> None:
@@ -275,6 +273,12 @@ class Monitor:
                 outputs = [o for o in job.get("outputs") or [] if o.get("node_id") != data.get("node_id")]
                 outputs.append(reconciler.node_output(job.get("graph"), data.get("node_id"), data.get("output")))
                 self.store.update(pid, outputs=outputs)
+            elif kind == "hint_finished":
+                self._wake.set()  # ended or superseded without a terminal message: /history decides
+            elif kind == "blocked":
+                self.events.emit("job.blocked", f"Job {pid[:8]}: a node was blocked: "
+                                 f"{(data.get('error') or {}).get('message', '')}", severity="warning",
+                                 data={"id": pid})
             elif kind in ("completed", "failed", "interrupted"):
                 self._settle(pid, kind, error=data.get("error"), outputs=data.get("outputs"),
                              finished_at=data.get("finished_at"), from_tracker=True)
@@ -365,7 +369,9 @@ class Monitor:
             self._positions = view.positions()
             for entry in view.running + view.pending:
                 self._adopt_or_refresh(entry, entry[1] in running_ids)
-        restarted = self._had_disconnect
+        # A job that vanished from queue *and* history across a lost connection was lost by a restart.
+        epoch = self._disconnects
+        restarted = epoch != self._reconciled_epoch
         for job in self.store.active():
             pid = job["id"]
             if pid in view.ids or pid in self._posting:
@@ -387,7 +393,7 @@ class Monitor:
             if misses >= MISSES_BEFORE_LOST or restarted:
                 self._settle(pid, "stalled",
                              reason=reconciler.RESTART_REASON if restarted else reconciler.LOST_REASON)
-        self._had_disconnect = False
+        self._reconciled_epoch = epoch
         self.reconciled_at = time.time()
         self._push_progress()
 

@@ -36,6 +36,7 @@ and the `reason` next to it says why ("warming up", "nvidia-smi not found on PAT
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -48,7 +49,6 @@ from collections import deque
 
 import gevent
 import psutil
-from gevent import monkey
 
 from .timeutil import iso_from_epoch, utcnow_iso
 
@@ -97,48 +97,21 @@ def _import_gputil():
                 del sys.modules[name]
 
 
-_os_pipe, _os_read, _os_close = (monkey.get_original("os", n) for n in ("pipe", "read", "close"))
-_os_waitpid = monkey.get_original("os", "waitpid")
-_os_posix_spawnp = monkey.get_original("os", "posix_spawnp") if hasattr(os, "posix_spawnp") else None
-
-
-class _NativePopen:
-    """The slice of subprocess.Popen GPUtil uses, `Popen(argv, stdout=PIPE).communicate()`, built on
-    the unpatched os calls so that it works in a threadpool thread. After monkey.patch_all() neither
-    Popen does: gevent's needs the main loop's child watcher and the stdlib one is left without its
-    `_fork_exec`; GPUtil swallows the error and silently reports no GPU."""
-
-    def __init__(self, args, stdout=None, **_ignored):
-        read_fd, write_fd = _os_pipe()
-        try:
-            self.pid = _os_posix_spawnp(args[0], list(args), dict(os.environ), file_actions=[
-                (os.POSIX_SPAWN_DUP2, write_fd, 1),
-                (os.POSIX_SPAWN_CLOSE, read_fd), (os.POSIX_SPAWN_CLOSE, write_fd)])
-        except BaseException:
-            _os_close(read_fd)
-            raise
-        finally:
-            _os_close(write_fd)
-        self._fd = read_fd
-        self.returncode = None
-
-    def communicate(self, *_ignored):
-        chunks = []
-        try:
-            while chunk := _os_read(self._fd, 65536):
-                chunks.append(chunk)
-        finally:
-            _os_close(self._fd)
-        try:
-            self.returncode = os.waitstatus_to_exitcode(_os_waitpid(self.pid, 0)[1])
-        except ChildProcessError:  # already reaped by the event loop's SIGCHLD handler
-            pass
-        return b"".join(chunks), None
+def _private_subprocess():
+    """A private, unpatched copy of the stdlib subprocess module for GPUtil in a threadpool thread.
+    After monkey.patch_all() the shared module's Popen fails there (gevent's needs the main loop's
+    child watcher; the stdlib one is left without its _fork_exec) and GPUtil swallows the error as
+    "no GPU". The copy spawns through _posixsubprocess, which drops the GIL while the child starts
+    (os.posix_spawn holds it: tens of ms of loop stall on a busy machine), and blocks only its thread."""
+    spec = importlib.util.find_spec("subprocess")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 _gputil, GPUTIL_ERROR = _import_gputil()
-if _gputil is not None and _os_posix_spawnp is not None:
-    _gputil.Popen = _NativePopen
+if _gputil is not None:
+    _gputil.Popen = _private_subprocess().Popen
 
 
 def _num(value, scale=1.0):

@@ -135,6 +135,14 @@
     refreshSoon("cards");
     refreshSoon("current");
   }
+  /* After a job event, refresh now and once more a little later: queue positions come from the server's
+   * next reconcile of ComfyUI's queue, which trails the event by up to a few seconds. */
+  var settleTimer = null;
+  function refreshJobsAndSettle() {
+    refreshJobs();
+    clearTimeout(settleTimer);
+    settleTimer = setTimeout(function () { settleTimer = null; refresh("cards"); }, 2500);
+  }
 
   document.body.addEventListener("htmx:beforeSwap", function (evt) {
     // The overlay shows its "not found" fragment (404) instead of keeping stale content.
@@ -389,7 +397,7 @@
       if (id && id === currentId) { currentId = null; latest = null; setTitle(null); }
     }
     if (status === "started" && id && previewFor && previewFor !== id) clearPreview();
-    refreshJobs();
+    refreshJobsAndSettle();
     if (id && overlayId === id) refreshOverlay();
   }
 
@@ -515,9 +523,10 @@
   }
 
   // ---------------------------------------------------------------------------------------------- node output strip
-  function viewUrl(img) {
+  function viewUrl(img, thumb) {
     var q = new URLSearchParams({ filename: String(img.filename || ""), subfolder: String(img.subfolder || ""),
       type: String(img.type || "output") });
+    if (thumb) q.set("preview", "webp;75");  // ComfyUI's lighter re-encoding, as the server renders it
     return "/api/view?" + q.toString();
   }
 
@@ -553,7 +562,7 @@
       a.target = "_blank";
       a.rel = "noopener";
       var im = document.createElement("img");
-      im.src = a.href;
+      im.src = viewUrl(it.img, true);
       im.alt = it.label + " output";
       im.loading = "lazy";
       im.decoding = "async";

@@ -51,13 +51,16 @@ class ReplayEngine(Engine):
 
     # ---- reading the recording ---------------------------------------------------------------------------
     def _default_conn(self) -> str:
+        """The socket that received this prompt's frames: the submitter's (the survivor of a duplicated
+        client id in 00), else a passive observer (prompts posted without client_id, 07b)."""
         opens = [l for l in load(self.scenario) if l["kind"] == "ws_open"]
-        if self.recorded_client_id is not None:
-            for line in opens:
-                if line["client_id"] == self.recorded_client_id:
-                    return line["conn"]
-        labels = [l["conn"] for l in opens]
-        return "observer" if "observer" in labels else labels[0]
+        mine = [l["conn"] for l in opens if l["client_id"] == self.recorded_client_id]
+        labels = list(dict.fromkeys(mine + sorted({l["conn"] for l in opens}, key=lambda c: c != "observer")))
+        for label in labels:
+            if any(l.get("conn") == label and l["kind"] in ("ws_text", "ws_binary") and self._mentions(l)
+                   for l in load(self.scenario)):
+                return label
+        return labels[0]
 
     def _mentions(self, line: dict) -> bool:
         if line["kind"] == "ws_text":
@@ -121,6 +124,11 @@ class ReplayEngine(Engine):
                     yield 0, CHECK
             else:
                 yield delay, item
+        if self.recorded_history is None and not any(
+                isinstance(i, dict) and i["type"] in ("execution_success", "execution_error") for _, i in self.items):
+            # Recorded until the server died (08, 08b): keep "running" until stopped or interrupted.
+            yield 0, WAIT_INTERRUPT
+            yield 0, CHECK
 
     def history_entry(self, job: Job, built: dict) -> dict:
         """The recorded entry with live ids and timestamps, unless this run ended differently."""

@@ -12,8 +12,8 @@ import requests
 import websocket
 
 from fake_comfy import FakeComfy, ReplayEngine
-from monitor.demo import SimComfy, SyntheticEngine, start_demo_traffic
-from recordings import frames, http, posted_prompts
+from monitor.demo import TERMINAL, SimComfy, SyntheticEngine, start_demo_traffic
+from recordings import frames, http, load, posted_prompts
 
 FF = {"type": "feature_flags", "data": {"supports_preview_metadata": True, "supports_manager_v4_ui": True}}
 S01B = "01b_happy_path_feature_flags"
@@ -424,7 +424,7 @@ GRAPH = {
 
 @pytest.fixture
 def sim():
-    s = SimComfy(SyntheticEngine(step_s=0.005, seed=1))
+    s = SimComfy(SyntheticEngine(seed=1, time_scale=0.02))
     s.start()
     yield s
     s.stop(abrupt=False)
@@ -477,7 +477,7 @@ def test_synthetic_failure_and_legacy_previews(sim):
 
 
 def test_newer_jobs_api():
-    s = SimComfy(SyntheticEngine(step_s=0.005), newer=True, paused=True)
+    s = SimComfy(SyntheticEngine(time_scale=0.02), newer=True, paused=True)
     s.start()
     try:
         a = post(s.url, {"prompt": GRAPH}).json()["prompt_id"]
@@ -507,3 +507,65 @@ def test_demo_traffic_posts_external_jobs(sim):
         g.kill()
     entry = next(iter(sim.history.values()))
     assert entry["prompt"][3]["client_id"].startswith("demo-")
+
+
+def _replayable():
+    out = []
+    for name in ("01_happy_path_legacy", S01B, "02_fully_cached", "03_partially_cached", "04_error_mid_run",
+                 "05_interrupt", "06_queue_three_delete_one", "06b_cancel_all", "07_observer_only",
+                 "07b_observer_no_client_id", "09_submitter_reconnect_mid_run"):
+        for index, _ in enumerate(posted_prompts(name)):
+            try:
+                out.append((name, index, ReplayEngine(name, prompt=index, speed=0)))
+            except ValueError:  # deleted, cleared or killed before it ran: nothing to replay
+                pass
+    return out
+
+
+@pytest.mark.parametrize("name,index,engine", _replayable(), ids=lambda v: str(v)[:30])
+def test_every_recorded_run_replays_in_order(name, index, engine):
+    """What the recorded socket got for that prompt (status aside) is what a live socket gets."""
+    opened = next(l for l in load(name) if l["kind"] == "ws_open" and l["conn"] == engine.conn)
+    fc = FakeComfy(default=engine)
+    try:
+        client = Client(fc.url, "me", flags=opened["sends_feature_flags"])
+        body = recorded_body(name, index)
+        if "client_id" in body:
+            body["client_id"] = "me"
+        post(fc.url, body)
+        terminal = [i["type"] for _, i in engine.items if isinstance(i, dict) and i["type"] in TERMINAL]
+        if engine.recorded_history:
+            terminal.append(engine.recorded_history["status"]["messages"][-1][0])
+        if terminal[-1] == "execution_interrupted":
+            gevent.spawn_later(0.3, fc.interrupt)
+        last = "executing" if "client_id" in body else terminal[-1]
+        if last == "execution_success":  # not sent to anyone without a client id: wait for the final status
+            last = "status"
+        client.until(lambda f: kind(f) == last and (last != "executing" or f[1]["data"]["node"] is None)
+                     and (last != "status" or f[1]["data"]["status"]["exec_info"]["queue_remaining"] == 0
+                          and len(client.frames) > 3), timeout=10)
+        got = [kind(f) for f in client.frames if kind(f) not in ("status", "feature_flags")]
+        want = _recorded_window(name, engine)
+        if "client_id" in body:
+            want.append("executing")
+        assert got == want
+    finally:
+        fc.stop(abrupt=False)
+
+
+def _recorded_window(name: str, engine: ReplayEngine) -> list[str]:
+    """Kinds of the frames the recorded socket got from the prompt's first mention to its last,
+    minus what the core generates (status, flags, reconnect hint, final executing)."""
+    lines = [l for l in load(name) if l.get("conn") == engine.conn and l["kind"] in ("ws_text", "ws_binary")]
+    hits = [i for i, l in enumerate(lines) if engine._mentions(l)]
+    out = []
+    for line in lines[hits[0]:hits[-1] + 1]:
+        if line["kind"] == "ws_binary":
+            out.append(f"BIN{line['event_type']}")
+            continue
+        msg_type, data = line["msg"]["type"], line["msg"]["data"]
+        if msg_type in ("status", "feature_flags") or (msg_type == "executing" and data.get("node") is None) \
+                or (msg_type == "executing" and "prompt_id" not in data):
+            continue
+        out.append(msg_type)
+    return out

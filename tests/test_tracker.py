@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from monitor import graph as graphs
 from monitor.graph import DEFAULT_INSTANT_TYPES
 from monitor.protocol import parse_binary, parse_text
 from monitor.tracker import Tracker
@@ -421,3 +422,45 @@ def test_fuzz_handle_never_raises(messages, with_graph):
             assert t.kind in KINDS | {"blocked"}
     for state in tracker.active() + [tracker.state(p) for p in tracker.pop_dirty()]:
         assert state is None or state["percent"] is None or 0 <= state["percent"] <= 100
+
+
+# --- graph helpers the tracker relies on ------------------------------------------------------
+
+POSTS = [(name, post) for name in scenario_names() for post in posted_prompts(name)]
+
+
+@pytest.mark.parametrize("name,post", POSTS, ids=[f"{n}-{p['seq']}" for n, p in POSTS])
+def test_graph_helpers_on_recorded_prompts(name, post):
+    graph, extra = post["request"]["prompt"], post["request"].get("extra_data", {})
+    workflow = extra.get("extra_pnginfo", {}).get("workflow", {})
+    assert graphs.workflow_name(graph, extra) == workflow.get("name")
+    assert graphs.prompt_excerpt(graph) is None  # the recorded workflows have no text prompt
+    assert graphs.seeds(graph) == [n["inputs"]["seed"] for n in graph.values() if "seed" in n["inputs"]]
+    for nid, node in graph.items():
+        assert graphs.node_title(graph, nid) == node.get("_meta", {}).get("title", node["class_type"])
+    outputs = outputs_to_execute(name).get(post["response"]["prompt_id"])
+    if outputs is None:
+        return
+    effective = graphs.effective_nodes(graph, outputs)
+    assert set(outputs) <= effective <= set(graph)
+    invalid = {o for e in post["response"]["node_errors"].values() for o in e["dependent_outputs"]}
+    assert not invalid & effective
+    if not invalid:
+        assert sorted(graphs.output_nodes_guess(graph)) == sorted(outputs)
+        assert graphs.effective_nodes(graph, None) == effective
+
+
+def test_prompt_excerpt_prefers_the_positive_prompt():
+    graph = {
+        "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, ugly", "clip": ["9", 1]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a  red\nfox " * 40, "clip": ["9", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {"positive": ["2", 0], "negative": ["1", 0], "seed": 7}},
+        "9": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
+    }
+    excerpt = graphs.prompt_excerpt(graph, limit=30)
+    assert excerpt.startswith("a red fox a red fox") and excerpt.endswith("…") and len(excerpt) <= 30
+    assert graphs.seeds(graph) == [7]
+    assert graphs.output_nodes_guess(graph) == ["3"]
+    assert graphs.effective_nodes(graph, ["3"]) == {"1", "2", "3", "9"}
+    assert graphs.workflow_name(graph, {}) is None and graphs.workflow_name(None, None) is None
+    assert graphs.node_title(None, "5") == "5"

@@ -121,21 +121,28 @@ def short_id(value, n: int = 8) -> str:
     return value if len(value) <= n else value[:n] + "…"
 
 
+# ComfyUI's /view can re-encode an image smaller and lighter for thumbnails ("format;quality").
+THUMB_PREVIEW = "webp;75"
+
+
 @bp.app_template_global("view_url")
-def view_url(image) -> str | None:
-    """The /api/view proxy URL of an image ref ({filename, subfolder, type}) or of a bare input filename."""
+def view_url(image, thumb: bool = False) -> str | None:
+    """The /api/view proxy URL of an image ref ({filename, subfolder, type}) or of a bare input filename;
+    `thumb` asks ComfyUI for its lighter preview encoding."""
     if not image:
         return None
     if isinstance(image, str):
         image = {"filename": image, "subfolder": "", "type": "input"}
     if not isinstance(image, dict) or not image.get("filename"):
         return None
-    query = urlencode({
+    params = {
         "filename": str(image.get("filename") or ""),
         "subfolder": str(image.get("subfolder") or ""),
         "type": str(image.get("type") or "output"),
-    })
-    return f"/api/view?{query}"
+    }
+    if thumb:
+        params["preview"] = THUMB_PREVIEW
+    return f"/api/view?{urlencode(params)}"
 
 
 @bp.app_template_global("job_thumb")
@@ -147,10 +154,10 @@ def job_thumb(job: dict) -> str | None:
         outputs = list(progress.get("outputs") or [])
     for out in reversed(outputs):
         for img in reversed((out or {}).get("images") or []):
-            url = view_url(img)
+            url = view_url(img, thumb=True)
             if url:
                 return url
-    return view_url(job.get("input_image"))
+    return view_url(job.get("input_image"), thumb=True)
 
 
 @bp.app_template_global("sparkline")
