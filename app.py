@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     overrides = dict(host=args.host, port=args.port, comfyui_url=args.comfy_url, data_dir=args.data_dir)
     demo = None
     if args.demo:
-        from monitor.demo import SimComfy, start_demo_traffic
-        demo = SimComfy()
-        overrides["comfyui_url"] = demo.start()
+        from monitor.demo import start_demo
+        demo = start_demo(traffic_every_s=None)
+        overrides["comfyui_url"] = demo.url
         overrides["demo"] = True
         if args.data_dir is None:
             overrides["data_dir"] = "./data/demo"
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if demo is not None:
-        start_demo_traffic(overrides["comfyui_url"])
+        from monitor.demo import drive_monitor
+        drive_monitor(app.extensions["monitor"], demo)
     server = WSGIServer((config.host, config.port), app, log=None)
     server.start()
     host = f"[{config.host}]" if ":" in config.host else config.host

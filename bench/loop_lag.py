@@ -3,7 +3,9 @@
 A fake nvidia-smi (a real subprocess, 2 GPUs, SLOW seconds per call) is put first on PATH; the
 sampler runs for DURATION seconds while a probe greenlet sleeps 5 ms at a time and records how late
 it wakes up. Target: worst lag <= 20 ms. The same probe first runs without the sampler for the same
-time, so the machine's own noise (other processes, a shared CPU) can be told apart from the sampler's.
+time, so the machine's own noise (other processes, a shared CPU) can be told apart from the sampler's;
+and a greenlet trace hook measures the sampler greenlet's longest run between two yields, i.e. the
+longest the sampler itself ever held the loop.
 
     .venv/bin/python bench/loop_lag.py [--duration 15] [--slow 1.5] [--check]
 """
@@ -19,6 +21,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
+import greenlet  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from monitor.config import Config  # noqa: E402
@@ -68,9 +71,23 @@ def main():
         prober = gevent.spawn(probe, baseline)
         gevent.sleep(args.duration)
         prober.kill()
+        slices, entered = [], [None]
+
+        def trace(event, args):  # how long the sampler greenlet runs each time it is switched in
+            if event in ("switch", "throw"):
+                origin, target = args
+                now = time.perf_counter()
+                if origin is tel._greenlet and entered[0] is not None:
+                    slices.append(now - entered[0])
+                    entered[0] = None
+                if target is tel._greenlet:
+                    entered[0] = now
+
         prober = gevent.spawn(probe, lags)
+        greenlet.settrace(trace)
         tel.start()
         gevent.sleep(args.duration)
+        greenlet.settrace(None)
         tel.stop()
         prober.kill()
         with open(os.path.join(tmp, "calls")) as fh:
@@ -87,6 +104,7 @@ def main():
           f"Python {platform.python_version()} ({platform.python_implementation()})")
     print(f"sampler: interval {args.interval} s, nvidia-smi {args.slow} s/call, {calls} calls in "
           f"{args.duration:g} s, GPUs seen: {[d['name'] for d in gpu['devices']]}, stale={gpu['stale']}")
+    print(f"sampler greenlet: {len(slices)} runs on the loop, longest {max(slices) * 1000:.2f} ms")
     print(f"baseline, no sampler, {len(baseline)} probes: worst {b_worst:.2f} ms, p99 {b_p99:.2f} ms, p50 {b_p50:.2f} ms")
     print(f"with the sampler, {len(lags)} probes of {PROBE_S * 1000:g} ms: worst {worst:.2f} ms, p99 {p99:.2f} ms, p50 {p50:.2f} ms (target worst <= {TARGET_MS:g} ms: "
           f"{'OK' if worst <= TARGET_MS else 'MISSED'})")

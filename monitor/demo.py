@@ -39,6 +39,7 @@ SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 1048576
 HISTORY_MAX = 10000
 FILES_MAX = 2000     # /view files kept by a long-running demo
 LOG_MAX = 10000      # .requests / .posted entries kept
+DEMO_FAILURE_RATE = 1 / 8
 
 # Per PROTOCOL.md §3: with no client_id these go to every socket, everything else to nobody.
 BROADCAST_WITHOUT_CLIENT = frozenset({"progress", "progress_state", "execution_interrupted"})
@@ -217,7 +218,8 @@ class SimComfy:
 
     def __init__(self, engine: Engine | None = None, host: str = "127.0.0.1", port: int = 0,
                  newer: bool = False, system_stats: dict | None = None, paused: bool = False):
-        self.engine = engine or SyntheticEngine()
+        # Without an explicit engine this is the demo: synthetic runs, about 1 in 8 of them failing.
+        self.engine = engine or SyntheticEngine(failure_rate=DEMO_FAILURE_RATE)
         self.host, self.port = host, port
         self.newer = newer
         self._system_stats = system_stats
@@ -1130,10 +1132,43 @@ def start_demo_traffic(url: str, every_s: float = 8.0, client_id: str | None = N
 
 
 def start_demo(host: str = "127.0.0.1", port: int = 0, traffic_every_s: float | None = 8.0,
-               failure_rate: float = 1 / 8) -> SimComfy:
+               failure_rate: float = DEMO_FAILURE_RATE) -> SimComfy:
     """`--demo`: a started SimComfy whose synthetic runs fail now and then, plus external traffic
     (None: no traffic). `sim.traffic` is the traffic greenlet (or None)."""
     sim = SimComfy(SyntheticEngine(failure_rate=failure_rate), host=host, port=port)
     sim.start()
     sim.traffic = start_demo_traffic(sim.url, every_s=traffic_every_s) if traffic_every_s else None
     return sim
+
+
+def drive_monitor(monitor, sim: SimComfy, every_s: float = 6.0, external_every: int = 4,
+                  max_active: int = 3, seed: int | None = None) -> gevent.Greenlet:
+    """`--demo`'s traffic: submit a text-to-image job through the monitor itself (full live detail), and
+    every `external_every`-th one straight to the simulator under another client id, as ComfyUI's own
+    UI would (it shows up as an external job)."""
+    import requests
+    rnd = random.Random(seed)
+    foreign = f"comfyui-tab-{uuid.uuid4().hex[:6]}"
+
+    def one_prompt() -> dict:
+        prompt = json.loads(json.dumps(DEMO_PROMPT))
+        prompt["2"]["inputs"]["text"] = rnd.choice(DEMO_SUBJECTS)
+        prompt["5"]["inputs"]["seed"] = rnd.randrange(2 ** 32)
+        prompt["5"]["inputs"]["steps"] = rnd.choice([12, 20, 28])
+        return prompt
+
+    def loop():
+        count = 0
+        while True:
+            try:
+                if monitor.listener.connected and len(monitor.active_jobs()) < max_active:
+                    count += 1
+                    if count % external_every == 0:
+                        requests.post(f"{sim.url}/prompt", json={"prompt": one_prompt(), "client_id": foreign},
+                                      timeout=5)
+                    else:
+                        monitor.submit(one_prompt(), workflow_name="Demo text-to-image")
+            except Exception as exc:  # the simulator may be restarting; keep going
+                log.debug("demo driver: %s", exc)
+            gevent.sleep(every_s * rnd.uniform(0.6, 1.4))
+    return gevent.spawn(loop)

@@ -111,6 +111,11 @@
     Idiomorph.defaults.callbacks.beforeNodeMorphed = function (oldNode, newNode) {
       if (oldNode.nodeType !== 1 || !newNode || newNode.nodeType !== 1) return;
       if (oldNode.classList.contains("is-lingering")) return false;
+      // While the socket streams a job's progress, its live fields are fresher than any fragment.
+      if (wsOpen && latest && oldNode.hasAttribute("data-f")) {
+        var panel = oldNode.closest("#current");
+        if (panel && panel.dataset.jobId === latest.prompt_id) return false;
+      }
       if (oldNode.tagName === "TIME" && oldNode.hasAttribute("data-local") &&
           oldNode.getAttribute("datetime") === newNode.getAttribute("datetime")) return false;
       if (oldNode.hasAttribute("data-since") &&

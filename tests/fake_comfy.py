@@ -155,9 +155,24 @@ class FakeComfy(SimComfy):
                  start: bool = True, **kwargs):
         self.speed = speed
         self.scenarios = list(scenarios)
+        self._scripted_answers: list[tuple[int, object]] = []
         super().__init__(engine=self._engine(default), **kwargs)
         if start:
             self.start()
+
+    def answer_next_post(self, status: int, body) -> None:
+        """Answer the next POST /prompt with a recorded response (e.g. 04b's validation errors) instead
+        of queueing it. Only for answers that queue nothing: 4xx/5xx."""
+        self._scripted_answers.append((status, body))
+
+    def _post_prompt(self):
+        if self._scripted_answers:
+            from flask import request
+            status, body = self._scripted_answers.pop(0)
+            self.posted.append(request.get_json(silent=True))
+            self.number += 1  # rejected prompts use up a number too (PROTOCOL.md §6.1)
+            return self.app.response_class(json.dumps(body), status=status, mimetype="application/json")
+        return super()._post_prompt()
 
     def _engine(self, spec) -> Engine:
         return spec if isinstance(spec, Engine) else ReplayEngine(spec, speed=self.speed)

@@ -284,3 +284,29 @@ def test_cli_submits_and_waits_against_the_real_app(live_server):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = live_server.get("/api/admin/history?limit=5").json()["jobs"]
     assert jobs[0]["workflow_id"] == "example_invert" and jobs[0]["params"]["width"] == 80
+
+
+def test_validation_errors_come_back_as_400_naming_the_node_titles(fake_comfy, live_server):
+    import recordings
+    rejected = [h for h in recordings.http("04b_validation_errors", "POST", "/prompt")
+                if h["status"] == 400 and isinstance(h["request"], dict) and "prompt" in h["request"]]
+    assert len(rejected) >= 8
+    for exchange in rejected:
+        graph = exchange["request"]["prompt"]
+        if not all(isinstance(n, dict) and isinstance(n.get("class_type"), str) for n in graph.values()):
+            # Refused by our own check before it reaches ComfyUI, with the same kind of message.
+            resp = live_server.post("/api/run", json={"prompt": graph})
+            assert resp.status_code == 400 and "class_type" in resp.json()["error"]
+            continue
+        fake_comfy.answer_next_post(400, exchange["response"])
+        resp = live_server.post("/api/run", json={"prompt": graph})
+        assert resp.status_code == 400, exchange["why"]
+        body = resp.json()
+        for node_id in exchange["response"]["node_errors"]:
+            title = graph[node_id]["_meta"]["title"]
+            assert title in body["error"], (exchange["why"], body["error"])
+            assert node_id in body["node_errors"]
+        if not exchange["response"]["node_errors"]:
+            assert exchange["response"]["error"]["message"] in body["error"]
+        job = body["job"]
+        assert job["status"] == "failed" and job["error"]["message"] == body["error"]

@@ -97,9 +97,9 @@ def xss_prompt() -> dict:
     return graph
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full_page: bool = False) -> None:
     os.makedirs(SHOTS, exist_ok=True)
-    page.screenshot(path=os.path.join(SHOTS, name))
+    page.screenshot(path=os.path.join(SHOTS, name), full_page=full_page)
 
 
 def card_ids(page) -> list[str]:
@@ -197,7 +197,7 @@ def test_running_job_progress_preview_strip_title_and_notification(slow_server, 
         p.wait_for_function("""() => { const f = n => document.querySelector('#current [data-f="' + n + '"]');
             const m = /Step (\\d+)\\//.exec(f('step').textContent);
             return m && +m[1] >= 5 && !f('rate').hidden && !f('eta').hidden; }""", timeout=20_000)
-        shot(p, "running.png")
+        shot(p, "running.png", full_page=True)
 
         slow_server.wait_status(job["id"], "completed", timeout=30)
         # the finished card lingers with its final badge, then goes
@@ -350,7 +350,7 @@ def test_phone_layout_has_no_horizontal_scroll(live_server, browser):
         p.wait_for_function("() => document.querySelectorAll('#card-list > .card').length >= 2", timeout=15_000)
         assert p.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
         p.wait_for_timeout(300)
-        shot(p, "phone.png")
+        shot(p, "phone.png", full_page=True)
         assert page.errors == []
     finally:
         live_server.fake.resume()
