@@ -16,6 +16,7 @@ from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from monitor import configure_logging, create_app  # noqa: E402
 from monitor.config import Config  # noqa: E402
+from monitor.jobs import StoreError  # noqa: E402
 
 log = logging.getLogger("monitor")
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     try:
         config = Config.from_env(**overrides)
         app = create_app(config)
-    except SystemExit as exc:
+    except (SystemExit, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if demo is not None:
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     def shutdown(*_):
         log.info("shutting down")
         server.stop(timeout=2)
-        app.extensions["monitor"].stop()
+        app.extensions["monitor"].close()
         if demo is not None:
             demo.stop()
 

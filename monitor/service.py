@@ -41,9 +41,9 @@ class SubmitError(Exception):
 class Monitor:
     def __init__(self, config: Config):
         self.config = config
-        os.makedirs(config.data_dir, exist_ok=True)
+        self.store = JobStore(config.db_path)  # creates the data dir, or says clearly why it can't
+        self._lock_file = _lock_data_dir(config.data_dir)
         self.client_id = _load_client_id(config.data_dir)
-        self.store = JobStore(config.db_path)
         self.hub = Hub(tick=config.hub_tick)
         self.events = EventBus(self.store, on_event=self.hub.publish_event)
         self.hub.events_since = self.events.since  # a reconnecting page replays what it missed
@@ -85,6 +85,14 @@ class Monitor:
         self.listener.stop()
         self.telemetry.stop()
         self.hub.stop()
+
+    def close(self) -> None:
+        """Stop, then release the database and the data-dir lock (a new Monitor may then take it)."""
+        self.stop()
+        self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def _reattach(self) -> None:
         """After our own restart: put every job we believed active back into the tracker. The
@@ -463,8 +471,7 @@ def _rejection_message(exc: ComfyRejected, prompt: dict) -> tuple[str, dict]:
     parts = []
     for node_id, info in node_errors.items():
         title = graphs.node_title(prompt, node_id)
-        msgs = [e.get("details") or e.get("message") for e in (info or {}).get("errors") or []
-                if isinstance(e, dict)]
+        msgs = [_describe(e) for e in (info or {}).get("errors") or [] if isinstance(e, dict)]
         parts.append(f"{title} (#{node_id}): {'; '.join(m for m in msgs if m) or 'invalid'}")
     if isinstance(error, dict):
         head = error.get("message") or error.get("type") or "ComfyUI rejected the prompt"
@@ -474,6 +481,33 @@ def _rejection_message(exc: ComfyRejected, prompt: dict) -> tuple[str, dict]:
         head = str(error) if error else f"ComfyUI rejected the prompt (HTTP {exc.status})"
     message = head + (" — " + " | ".join(parts) if parts else "")
     return message, node_errors
+
+
+def _describe(error: dict) -> str:
+    message, details = error.get("message") or "", error.get("details") or ""
+    return f"{message} ({details})" if message and details else message or details
+
+
+class DataDirBusy(SystemExit):
+    pass
+
+
+def _lock_data_dir(data_dir: str):
+    """Two monitors on one data dir would share one ComfyUI client id, and ComfyUI silently stops
+    delivering to both sockets (PROTOCOL.md §2.2): refuse the second one."""
+    import fcntl
+    fh = open(os.path.join(data_dir, "monitor.lock"), "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataDirBusy(f"another monitor is already using the data dir {os.path.abspath(data_dir)}; "
+                          "stop it or give this one its own MONITOR_DATA_DIR")
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
 
 
 def _load_client_id(data_dir: str) -> str:

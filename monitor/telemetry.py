@@ -2,7 +2,9 @@
 
 `Telemetry(config, comfy=None, interval=1.5)`; `.start()` spawns the sampler, `.stop()` kills it,
 `.snapshot()` returns the latest snapshot dict without touching hardware (treat it as read-only).
-`comfy` is anything with `system_stats() -> dict` (ComfyUI's GET /system_stats; raises on failure).
+`comfy` is anything with `system_stats() -> dict` (ComfyUI's GET /system_stats; raises on failure);
+it is asked only when no NVIDIA GPU is visible. Keyword-only knobs for tests: `gpu_timeout` (s before
+a running nvidia-smi makes the GPU reading stale), `cgroup_root`, `history_s`.
 
 Snapshot shape (the contract for `GET /api/admin/telemetry` and the gauges; bytes are ints, percents
 floats 0-100 with one decimal, times UTC ISO strings). A value that is not known is `null`, never 0,
@@ -106,6 +108,7 @@ def _private_subprocess():
     spec = importlib.util.find_spec("subprocess")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module._USE_POSIX_SPAWN = False  # that path calls os.posix_spawn, which gevent patches
     return module
 
 

@@ -67,8 +67,7 @@ class LiveServer:
             self.server.stop(timeout=1)
             self.server = None
         if self.app is not None:
-            self.monitor.stop()
-            self.monitor.store.close()
+            self.monitor.close()
 
     def restart_app(self, wait_connected: bool = True) -> None:
         self.stop_app()

@@ -73,7 +73,7 @@ def cfg(tmp_path):
     return Config(data_dir=str(tmp_path / "data"))
 
 
-def make(cfg, comfy=None, tmp_path=None, **kw):
+def make(cfg, comfy=None, **kw):
     kw.setdefault("cgroup_root", "/nonexistent-cgroup")
     kw.setdefault("interval", 0.1)
     kw.setdefault("gpu_timeout", 3.0)
