@@ -310,3 +310,21 @@ def test_validation_errors_come_back_as_400_naming_the_node_titles(fake_comfy, l
             assert exchange["response"]["error"]["message"] in body["error"]
         job = body["job"]
         assert job["status"] == "failed" and job["error"]["message"] == body["error"]
+
+
+def test_prompt_without_client_id_streams_progress_and_previews_to_the_page(fake_comfy, live_server):
+    """Scripts that post without a client id: ComfyUI broadcasts their progress and type-1 previews
+    (07b); the monitor adopts the prompt and attributes those frames to it."""
+    from fake_comfy import ReplayEngine
+    browser = Browser(live_server)
+    engine = ReplayEngine("07b_observer_no_client_id", prompt=0, speed=3)
+    foreign = fake_comfy.add_foreign(engine, client_id=None)
+    header = browser.read_until(lambda f: isinstance(f, dict) and f.get("type") == "preview")
+    image = browser.read_until(lambda f: True)
+    assert header["prompt_id"] == foreign.prompt_id
+    assert isinstance(image, bytes) and image[:2] == JPEG
+    browser.read_until(lambda f: isinstance(f, dict) and f.get("type") == "progress"
+                       and f.get("prompt_id") == foreign.prompt_id and f.get("step"))
+    final = live_server.wait_status(foreign.prompt_id, {"completed", "failed", "interrupted", "stalled"})
+    assert final["status"] == "completed" and final["source"] == "external"
+    browser.close()

@@ -349,8 +349,10 @@ def test_hanging_nvidia_smi_keeps_cache_marks_stale_and_the_loop_runs(cfg, smi_d
         assert [d["name"] for d in s2["gpu"]["devices"]] == ["NVIDIA GeForce RTX 4090"]  # last reading kept
         assert s2["sampled_at"] > first_sampled  # CPU/RAM/disk keep refreshing meanwhile
         assert len(calls(smi_dir)) == calls_at_hang  # no second nvidia-smi while one hangs
-        assert max(served) < 0.005
-        assert len(gaps) > 40 and max(gaps) < 0.2, max(gaps)
+        # Wide bounds: a busy shared CI box alone stalls a process for 100+ ms now and then, while
+        # waiting on the hung nvidia-smi would take the whole 60 s.
+        assert max(served) < 0.1
+        assert len(gaps) > 20 and max(gaps) < 0.5, max(gaps)
 
         # nvidia-smi comes back: the reading is fresh again.
         fake_smi(smi_dir, rows=[RTX, H100])
