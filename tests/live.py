@@ -5,6 +5,7 @@ import os
 import time
 
 import gevent
+import gevent.pool
 import requests
 from gevent.pywsgi import WSGIServer
 
@@ -56,7 +57,8 @@ class LiveServer:
                         testing=True)
         settings.update(self.overrides)
         self.app = create_app(Config(**settings))
-        self.server = WSGIServer(("127.0.0.1", self.port), self.app, log=None)
+        # A pool, so stop() also ends keep-alive connections (a browser's), not just the listener.
+        self.server = WSGIServer(("127.0.0.1", self.port), self.app, log=None, spawn=gevent.pool.Pool())
         self.server.start()
         self.port = self.server.server_port
         if wait_connected:
