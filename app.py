@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         return 2
     if demo is not None:
         from monitor.demo import drive_monitor
-        drive_monitor(app.extensions["monitor"], demo)
+        drive_monitor(app.extensions["monitor"], demo, every_s=4.0)
     server = WSGIServer((config.host, config.port), app, log=None)
     server.start()
     host = f"[{config.host}]" if ":" in config.host else config.host

@@ -1135,7 +1135,8 @@ def start_demo(host: str = "127.0.0.1", port: int = 0, traffic_every_s: float | 
                failure_rate: float = DEMO_FAILURE_RATE) -> SimComfy:
     """`--demo`: a started SimComfy whose synthetic runs fail now and then, plus external traffic
     (None: no traffic). `sim.traffic` is the traffic greenlet (or None)."""
-    sim = SimComfy(SyntheticEngine(failure_rate=failure_rate), host=host, port=port)
+    # Steps slow enough for a person to watch (a real sampler runs a few it/s).
+    sim = SimComfy(SyntheticEngine(failure_rate=failure_rate, step_s=0.3), host=host, port=port)
     sim.start()
     sim.traffic = start_demo_traffic(sim.url, every_s=traffic_every_s) if traffic_every_s else None
     return sim

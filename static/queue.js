@@ -352,9 +352,11 @@
     if (!panel || panel.dataset.jobId !== p.prompt_id) return;
     var node = field(panel, "node");
     if (node) {
-      var name = p.node_title || p.node_type || "Starting…";
+      var name = p.node_title || p.node_type ||
+        (panel.dataset.source === "external" ? "No live detail" : "Starting…");
       if (node.textContent !== name) node.textContent = name;
     }
+    if (p.node_id || p.step) setText(field(panel, "external-hint"), "");
     setText(field(panel, "nodes"), p.nodes_total != null ? (p.nodes_done || 0) + "/" + p.nodes_total + " nodes" : "");
     var indet = !!p.indeterminate || p.percent == null;
     var pct = indet ? 0 : Math.max(0, Math.min(100, Number(p.percent) || 0));
