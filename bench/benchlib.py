@@ -180,7 +180,7 @@ def http_json(method: str, url: str, body=None, timeout: float = 30.0):
         return json.loads(resp.read() or b"null")
 
 
-def sampler_prompt(steps: int, delay_ms: int, seed: int = 1, fail_at: int = 0) -> dict:
+def sampler_prompt(steps: int, delay_ms: int, seed: int = 1, fail_at: int = 0, text: str | None = None) -> dict:
     """A small text-to-image graph; the fake runs its sampler `steps` steps, `delay_ms` apart."""
     sampler = "MonitorProbeSampler" if fail_at else "KSampler"
     inputs = {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
@@ -190,7 +190,7 @@ def sampler_prompt(steps: int, delay_ms: int, seed: int = 1, fail_at: int = 0) -
         inputs["fail_at_step"] = fail_at
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "bench.safetensors"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": f"bench {seed}", "clip": ["1", 1]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text or f"bench {seed}", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
         "3": {"class_type": sampler, "inputs": inputs, "_meta": {"title": "KSampler"}},
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
@@ -316,7 +316,8 @@ def role_monitor(argv) -> None:
 def _outbox_bytes(c) -> int:
     """Bytes this client's outbox refers to (events, coalesced progress, the latest preview)."""
     return (sum(len(f) for _, f in c.events) + sum(len(f) for f in c.progress.values())
-            + (len(c.preview) if c.preview is not None else 0))
+            + (len(c.preview) if c.preview is not None else 0)
+            + (len(getattr(c, "partial", None) or b"")))
 
 
 # ------------------------------------------------------------------------------------------------

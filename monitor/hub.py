@@ -1,10 +1,16 @@
 """Browser fan-out for `/api/run/ws`: one broadcaster, a bounded outbox and a sender greenlet per client.
 
 Every outgoing message is encoded once into a complete WebSocket frame (unmasked, uncompressed: valid
-whatever extensions were negotiated) and the same bytes go to every client; the per-client work is one
-`sendall` in that client's own greenlet, so a slow client only ever stalls itself. Progress is coalesced
-and sent on the tick; events, `publish()` messages and previews are sent at once. An overflowing event
-outbox drops its oldest entries: the client sees a gap in `seq` and may send `resume`.
+whatever extensions were negotiated) and the same bytes go to every client. Progress is coalesced and sent
+on the tick; events, `publish()` messages and previews are sent at once.
+
+The per-client work is one non-blocking `send` of those bytes. A client with nothing queued and nothing in
+flight gets it straight from the broadcaster (what aiohttp does: no greenlet switch, no timer per frame);
+whatever its socket does not take at once (a partial send, a full buffer) goes to that client's bounded
+outbox, which its own sender greenlet drains with a blocking send under `send_timeout`, so a slow client
+only ever stalls itself. Frames never interleave: a direct send happens only while the sender has nothing
+in flight, and the unsent rest of a partial one is sent before anything else. An overflowing event outbox
+drops its oldest entries: the client sees a gap in `seq` and may send `resume`.
 """
 from __future__ import annotations
 
@@ -49,11 +55,20 @@ class _Client:
         self.events: deque = deque(maxlen=max_events)  # (seq | None, frame): hello, events, publish()
         self.progress: dict = {}                        # prompt id -> frame, latest wins
         self.preview: bytes | None = None               # preview text frame + binary frame, latest wins
+        self.partial: memoryview | None = None          # unsent rest of a direct send: goes first
+        self.busy = False                               # the sender greenlet has a blocking send in flight
         self.previews = True
         self.lost = 0                                   # events dropped since the sender last drained
         self.wake = Event()
         self.closed = False
         self.greenlet = None
+        # The OS-level socket under gevent's wrapper (already non-blocking): a direct send that would block
+        # raises BlockingIOError instead of waiting. None: no direct sends, the sender does them all.
+        self.raw = getattr(getattr(ws, "sock", None), "_sock", None)
+
+    def idle(self) -> bool:
+        return (not self.busy and self.partial is None and not self.events and not self.progress
+                and self.preview is None and not self.closed)
 
 
 class Hub:
@@ -108,13 +123,37 @@ class Hub:
                 _text({"type": "preview", "prompt_id": prompt_id, "node_id": node_id, "mime": mime, "seq": seq}),
                 _header(_BINARY, memoryview(image).nbytes), image))
             for c in targets:
-                c.preview = pair
-                c.wake.set()
+                if not (c.idle() and self._send_now(c, pair)):
+                    c.preview = pair
+                    c.wake.set()
         return seq
+
+    def _send_now(self, c: _Client, frame: bytes) -> bool:
+        """Try to hand `frame` to an idle client's socket without blocking. True when it is taken care of
+        (sent, or partly sent with the rest left for the sender, or the client dropped); False when the
+        socket took nothing and the caller should queue it."""
+        raw = c.raw
+        if raw is None:
+            return False
+        try:
+            sent = raw.send(frame)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._drop(c, f"send failed: {exc}")
+            return True
+        if sent < len(frame):
+            c.partial = memoryview(frame)[sent:]
+            c.wake.set()
+        return True
 
     # --- sessions ---
 
     def serve(self, ws, hello: dict) -> None:
+        try:   # like aiohttp: no Nagle delay for a small frame sent after a large one
+            ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass
         c = _Client(ws, self.max_events)
         c.events.append((None, _text({"type": "hello", **hello})))
         c.wake.set()
@@ -166,6 +205,8 @@ class Hub:
 
     def _enqueue(self, seq, frame: bytes):
         for c in tuple(self._clients):
+            if c.idle() and self._send_now(c, frame):
+                continue
             if len(c.events) == self.max_events:
                 self.counters["events_dropped"] += 1
                 c.lost += 1
@@ -205,7 +246,13 @@ class Hub:
             self._sent.pop(None, None)   # so that the next idle is sent again
         while len(self._sent) > _REMEMBERED_STATES:
             self._sent.popitem(last=False)
-        for c in self._clients:
+        blob = None
+        for c in tuple(self._clients):
+            if c.idle():
+                if blob is None:
+                    blob = b"".join(out.values())
+                if self._send_now(c, blob):
+                    continue
             c.progress.update(out)
             c.wake.set()
 
@@ -218,6 +265,9 @@ class Hub:
                 c.wake.wait(min(max(0.0, next_ping - time.monotonic()), 3600.0))
                 c.wake.clear()
                 frames = [f for _, f in c.events]
+                if c.partial is not None:
+                    frames.insert(0, c.partial)
+                    c.partial = None
                 c.events.clear()
                 c.lost = 0
                 frames.extend(c.progress.values())
@@ -233,14 +283,31 @@ class Hub:
                     frames.append(_PING_FRAME)
                     next_ping = time.monotonic() + self.ping_interval
                 if frames and not c.closed:
-                    with gevent.Timeout(self.send_timeout):
-                        c.ws.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+                    self._send_blocking(c, frames[0] if len(frames) == 1 else b"".join(frames))
         except gevent.Timeout:
             why = "send timed out"
         except OSError as exc:
             why = f"send failed: {exc}"
         finally:
             self._drop(c, why)
+
+    def _send_blocking(self, c: _Client, data) -> None:
+        """The sender's send: a non-blocking try first (no timer when the socket takes it all), then a
+        cooperative sendall of the rest under `send_timeout`."""
+        sent = 0
+        if c.raw is not None:
+            try:
+                sent = c.raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+        c.busy = True
+        try:
+            with gevent.Timeout(self.send_timeout):
+                c.ws.sock.sendall(memoryview(data)[sent:] if sent else data)
+        finally:
+            c.busy = False
 
     def _drop(self, c: _Client, why: str | None = None):
         """Forget a client; with a reason, also shut its socket so that its session ends now."""

@@ -28,7 +28,7 @@ class Listener:
     def __init__(self, ws_url: str, client_id: str, *, auth: tuple[str, str] | None = None,
                  on_text: Callable[[str, dict], None], on_binary: Callable[[protocol.BinaryFrame], None],
                  on_connect: Callable[[], None], on_disconnect: Callable[[str], None],
-                 backoff_min: float = 1.0, backoff_max: float = 15.0):
+                 backoff_min: float = 1.0, backoff_max: float = 4.0):
         self.url = f"{ws_url}?clientId={client_id}"
         self.client_id = client_id
         self.auth = auth

@@ -14,7 +14,7 @@ from . import markers, reconciler
 from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
 from .config import Config
 from .hub import Hub
-from .jobs import EventBus, JobStore
+from .jobs import EventBus, JobStore, StoreError
 from .listener import Listener
 from .telemetry import Telemetry
 from .timeutil import iso_from_epoch, iso_from_epoch_ms, utcnow_iso
@@ -42,8 +42,19 @@ class Monitor:
     def __init__(self, config: Config):
         self.config = config
         self.store = JobStore(config.db_path)  # creates the data dir, or says clearly why it can't
-        self._lock_file = _lock_data_dir(config.data_dir)
-        self.client_id = _load_client_id(config.data_dir)
+        self._lock_file = None
+        try:
+            self._lock_file = _lock_data_dir(config.data_dir)
+            self.client_id = _load_client_id(config.data_dir)
+        except BaseException as exc:
+            self.store.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
+            if isinstance(exc, OSError):  # a full disk, or a lock/client-id path that is not a file
+                raise StoreError(f"cannot use data directory {os.path.abspath(config.data_dir)}: "
+                                 f"{exc.strerror or exc} ({exc.filename or 'writing'}); set MONITOR_DATA_DIR "
+                                 "(or --data-dir) to a writable directory") from exc
+            raise
         self.hub = Hub(tick=config.hub_tick)
         self.events = EventBus(self.store, on_event=self.hub.publish_event)
         self.hub.events_since = self.events.since  # a reconnecting page replays what it missed
@@ -57,6 +68,7 @@ class Monitor:
             on_connect=self._on_connect, on_disconnect=self._on_disconnect,
             backoff_min=config.reconnect_min, backoff_max=config.reconnect_max)
         self._lock = RLock()             # one writer at a time: listener, reconciler, submit, cancel
+        self._reconciling = RLock()      # one reconcile at a time
         self._posting: set[str] = set()  # submitted, POST /prompt not answered yet
         self._missing: dict[str, int] = {}
         self._cancel_requested: set[str] = set()
@@ -369,6 +381,14 @@ class Monitor:
             gevent.sleep(0.3)  # debounce bursts of status messages
 
     def reconcile(self) -> None:
+        # One at a time: the one after a (re)connect and the periodic one would otherwise both count
+        # a miss for the same absent job.
+        with self._reconciling:
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        # Read before asking ComfyUI: a connection lost while we ask must not count as accounted for.
+        epoch = self._disconnects
         view = reconciler.fetch_queue(self.comfy)
         if view is None:
             return
@@ -378,8 +398,8 @@ class Monitor:
             for entry in view.running + view.pending:
                 self._adopt_or_refresh(entry, entry[1] in running_ids)
         # A job that vanished from queue *and* history across a lost connection was lost by a restart.
-        epoch = self._disconnects
         restarted = epoch != self._reconciled_epoch
+        complete = True
         for job in self.store.active():
             pid = job["id"]
             if pid in view.ids or pid in self._posting:
@@ -387,6 +407,7 @@ class Monitor:
                 continue
             reached, entry = reconciler.fetch_history(self.comfy, pid)
             if not reached:
+                complete = False  # asked again next time, still knowing about the restart
                 continue
             if entry is not None:
                 status, fields = reconciler.settlement_from_history(entry)
@@ -401,7 +422,8 @@ class Monitor:
             if misses >= MISSES_BEFORE_LOST or restarted:
                 self._settle(pid, "stalled",
                              reason=reconciler.RESTART_REASON if restarted else reconciler.LOST_REASON)
-        self._reconciled_epoch = epoch
+        if complete and self._disconnects == epoch:
+            self._reconciled_epoch = epoch
         self.reconciled_at = time.time()
         self._push_progress()
 
