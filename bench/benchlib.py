@@ -198,15 +198,61 @@ def sampler_prompt(steps: int, delay_ms: int, seed: int = 1, fail_at: int = 0, t
     }
 
 
-def start_clients(url: str, n: int, mode: str, *, duration: float, warmup: float = 1.0,
-                  slow_at: float | None = None, out: str, log=None) -> Role:
-    args = ["clients", "--url", url, "--n", n, "--mode", mode, "--duration", duration,
-            "--warmup", warmup, "--out", out]
-    if slow_at is not None:
-        args += ["--slow-at", slow_at]
-    role = Role(*args, stdin=True, wait_port=False, log=log)
-    role.expect("ready", timeout=60 + n * 0.2)
-    return role
+class Clients:
+    """N clients split over `procs` processes (one asyncio loop each), driven as one."""
+
+    def __init__(self, url: str, n: int, mode: str, *, duration: float, warmup: float = 1.0,
+                 slow_at: float | None = None, out: str, log=None, procs: int | None = None):
+        procs = procs or CLIENT_PROCS
+        procs = max(1, min(procs, n // 50 or 1))
+        self.outs, self.roles = [], []
+        for k in range(procs):
+            count = n // procs + (1 if k < n % procs else 0)
+            self.outs.append(f"{out}.{k}")
+            args = ["clients", "--url", url, "--n", count, "--first", sum(n // procs + (1 if j < n % procs else 0)
+                                                                          for j in range(k)),
+                    "--mode", mode, "--duration", duration, "--warmup", warmup, "--out", self.outs[-1]]
+            if slow_at is not None:
+                args += ["--slow-at", slow_at]
+            self.roles.append(Role(*args, stdin=True, wait_port=False, log=f"{log}.{k}" if log else None))
+        for role in self.roles:
+            role.expect("ready", timeout=60 + n * 0.2)
+
+    def send(self, line: str) -> None:
+        for role in self.roles:
+            role.send(line)
+
+    def expect(self, key: str, timeout: float = 60.0) -> str:
+        return [role.expect(key, timeout) for role in self.roles][0]
+
+    def stop(self) -> None:
+        for role in self.roles:
+            role.stop()
+
+    def results(self) -> dict:
+        merged: dict = {}
+        for path in self.outs:
+            with open(path) as fh:
+                res = json.load(fh)
+            if not merged:
+                merged = res
+                merged["clients_cpu"] = [res["clients_cpu_s"] / max(1e-9, res["clients_wall_s"])]
+                continue
+            for key in ("preview_delays", "preview_at", "progress"):
+                merged[key] += res[key]
+            for key, value in res["counts"].items():
+                merged["counts"][key] += value
+            merged["n"] += res["n"]
+            merged["open"] += res["open"]
+            merged["clients_cpu"].append(res["clients_cpu_s"] / max(1e-9, res["clients_wall_s"]))
+        return merged
+
+
+CLIENT_PROCS = 2
+
+
+def start_clients(url: str, n: int, mode: str, **kw) -> Clients:
+    return Clients(url, n, mode, **kw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,6 +446,7 @@ def role_clients(argv) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True, help="ws://host:port/path")
     ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--first", type=int, default=0, help="index of this process's first client")
     ap.add_argument("--mode", choices=("monitor", "comfy"), required=True)
     ap.add_argument("--duration", type=float, required=True, help="seconds recorded after the warm-up")
     ap.add_argument("--warmup", type=float, default=1.0)
@@ -414,13 +461,14 @@ def role_clients(argv) -> None:
     from urllib.parse import urlsplit
 
     url = urlsplit(args.url)
+    slow = args.slow_at is not None and args.first == 0   # client 0 is the one that stops reading
     host, port, path = url.hostname, url.port, url.path or "/"
     image_offset = 0 if args.mode == "monitor" else 8   # ComfyUI's type-1 header: 8 bytes
     head_need = image_offset + 6 + TS_LEN
     window = [float("inf"), float("inf")]   # record receipts inside [start, end)
     preview_delays: list[float] = []
     preview_at: list[float] = []            # receipt times (slow-client windows)
-    progress: list[tuple[int, float]] = []  # (step, receipt time)
+    progress: list[tuple[int, int, float]] = []  # (client, step, receipt time)
     counts = {"frames": 0, "text": 0, "binary": 0, "previews": 0, "progress": 0, "pings": 0,
               "bytes": 0, "closed": 0, "compressed": 0}
 
@@ -520,7 +568,7 @@ def role_clients(argv) -> None:
             if op == 8:
                 self.transport.close()
                 return
-            if not record or (self.index == 0 and args.slow_at is not None):
+            if not record or (self.index == 0 and slow):
                 return   # the slow client's own receipts are not the others' latency
             counts["frames"] += 1
             if op == 2:
@@ -540,14 +588,14 @@ def role_clients(argv) -> None:
                         step = (msg.get("data") or {}).get("value")
                     if isinstance(step, int):
                         counts["progress"] += 1
-                        progress.append((step, now))
+                        progress.append((self.index, step, now))
 
     async def connect(i: int, sem) -> Client:
         loop = asyncio.get_running_loop()
         async with sem:
             for attempt in range(20):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                if i == 0 and args.slow_at is not None:
+                if i == 0 and slow:
                     # A small receive buffer (no autotuning), so that a client that stops reading
                     # fills up within seconds, not after 32 MB.
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
@@ -565,7 +613,7 @@ def role_clients(argv) -> None:
     async def main():
         import resource
         sem = asyncio.Semaphore(64)
-        clients = await asyncio.gather(*(connect(i, sem) for i in range(args.n)))
+        clients = await asyncio.gather(*(connect(i, sem) for i in range(args.first, args.first + args.n)))
         print(f"ready {len(clients)}", flush=True)
         loop = asyncio.get_running_loop()
         line = await loop.run_in_executor(None, sys.stdin.readline)   # "go"
@@ -576,9 +624,11 @@ def role_clients(argv) -> None:
         slow_paused_at = None
         if args.slow_at is not None:
             await asyncio.sleep(args.slow_at)
+        if slow:
             clients[0].transport.pause_reading()
             slow_paused_at = time.time()
-            print(f"paused {slow_paused_at}", flush=True)
+        if args.slow_at is not None:
+            print(f"paused {slow_paused_at or time.time()}", flush=True)
             await loop.run_in_executor(None, sys.stdin.readline)   # "stop"
             window[1] = time.time()
         else:

@@ -13,7 +13,6 @@ stalled (target <= 2 MB growth), and when it was dropped.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -74,8 +73,7 @@ def main() -> int:
         time.sleep(window if dropped_at else 0.0)
         clients.send("stop")
         clients.expect("done", timeout=60)
-        with open(out) as fh:
-            res = json.load(fh)
+        res = clients.results()
         after = http_json("GET", mon + "/bench/stats")
         try:
             http_json("POST", f"{mon}/api/admin/jobs/{job['id']}/cancel", {})

@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import logging
+import mimetypes
 import os
 import random
 import socket
@@ -167,6 +168,10 @@ class Engine:
 # --------------------------------------------------------------------------------------------------------
 # One WebSocket connection
 
+class RawFrame(bytes):
+    """A complete WebSocket frame that `Conn.send` writes as it is (tests: frames no real server sends)."""
+
+
 class Conn:
     """A client socket with its own outbox, so a slow client never blocks the worker."""
 
@@ -188,7 +193,10 @@ class Conn:
     def _send_loop(self):
         for payload in self.outbox:
             try:
-                self.ws.send(payload)
+                if isinstance(payload, RawFrame):
+                    self.ws.sock.sendall(payload)
+                else:
+                    self.ws.send(payload)
             except Exception:  # the socket died: the handler's receive() notices and unregisters us
                 return
 
@@ -234,6 +242,7 @@ class SimComfy:
         self.posted: deque = deque(maxlen=LOG_MAX)                       # parsed POST /prompt bodies
         self.traffic: gevent.Greenlet | None = None                      # see start_demo()
         self._files: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
+        self._given: set[tuple[str, str, str]] = set()  # files whose bytes a test gave (typed by name)
         self._reset_state()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -676,6 +685,8 @@ class SimComfy:
         if data is None:
             data = self._files[key] = self.engine_for_files().render_file(*key)
         mime = "image/png"
+        if key in self._given:  # bytes given to add_file(): typed by name, as aiohttp's FileResponse does
+            mime = mimetypes.guess_type(key[2])[0] or "application/octet-stream"
         preview = args.get("preview")
         if preview:
             fmt, _, quality = preview.partition(";")
@@ -694,6 +705,8 @@ class SimComfy:
         if data is None and key in self._files:
             return
         self._files[key] = data
+        if data is not None:
+            self._given.add(key)
         while len(self._files) > FILES_MAX:
             self._files.popitem(last=False)
 

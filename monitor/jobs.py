@@ -77,18 +77,25 @@ def _check_status(status) -> None:
         raise ValueError(f"unknown job status {status!r}; expected one of {', '.join(STATUSES)}")
 
 
-def _row_to_job(row: sqlite3.Row) -> dict:
+def _row_to_job(row: sqlite3.Row, names=tuple(JOB_DEFAULTS)) -> dict:
     job = {}
-    for name in JOB_DEFAULTS:
+    for name in names:
         value = row[name]
         job[name] = json.loads(value) if name in JSON_FIELDS and value is not None else value
     return job
+
+
+# Every column but the graph (often tens of KB of JSON): for lists that never show it.
+_BRIEF_NAMES = tuple(n for n in JOB_DEFAULTS if n != "graph")
+_BRIEF_COLUMNS = ", ".join(_BRIEF_NAMES)
 
 
 class JobStore:
     def __init__(self, path):
         self.path = os.path.abspath(os.fspath(path))
         self._lock = threading.RLock()  # looked up at call time, so gevent's when patched
+        self._generation = 0            # bumped by every write: a cached read is valid while unchanged
+        self._active_brief: tuple[int, list[dict]] | None = None
         self._conn = self._open()
 
     # --- connection -----------------------------------------------------------------------------
@@ -139,12 +146,15 @@ class JobStore:
     def _write(self):
         """One short write transaction under the store lock."""
         with self._lock:
+            self._generation += 1
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._generation += 1
             self._conn.execute("COMMIT")
 
     def _query(self, sql: str, params=()) -> list[sqlite3.Row]:
@@ -232,15 +242,27 @@ class JobStore:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
 
-    def active(self) -> list[dict]:
-        """Queued and running jobs: running first, then queued by ComfyUI's number, then queued_at."""
-        rows = self._query(
-            "SELECT * FROM jobs WHERE status IN ('running', 'queued') "
-            "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid")
-        return [_row_to_job(r) for r in rows]
+    def active(self, graph: bool = True) -> list[dict]:
+        """Queued and running jobs: running first, then queued by ComfyUI's number, then queued_at.
+        graph=False leaves the `graph` key out (neither read nor parsed): for lists and status checks."""
+        if graph:
+            rows = self._query(
+                "SELECT * FROM jobs WHERE status IN ('running', 'queued') "
+                "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid")
+            return [_row_to_job(r) for r in rows]
+        # The brief list is what the queue API, the cards and the reconciler read, often and unchanged
+        # between writes: parsed once per store generation, handed out as shallow copies.
+        with self._lock:
+            cached = self._active_brief
+            if cached is None or cached[0] != self._generation:
+                rows = self._conn.execute(
+                    f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE status IN ('running', 'queued') "
+                    "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid").fetchall()
+                cached = self._active_brief = (self._generation, [_row_to_job(r, _BRIEF_NAMES) for r in rows])
+        return [dict(job) for job in cached[1]]
 
-    def history(self, limit=50, status=None) -> list[dict]:
-        """Finished jobs (terminal or stalled), newest first."""
+    def history(self, limit=50, status=None, graph: bool = True) -> list[dict]:
+        """Finished jobs (terminal or stalled), newest first; graph=False as for active()."""
         limit = max(0, int(limit))
         if status is None:
             where, params = f"status IN ({', '.join('?' for _ in FINISHED)})", tuple(sorted(FINISHED))
@@ -248,10 +270,11 @@ class JobStore:
             where, params = "status = ?", (status,)
         else:
             raise ValueError(f"history status must be one of {', '.join(sorted(FINISHED))}, got {status!r}")
+        columns, names = ("*", tuple(JOB_DEFAULTS)) if graph else (_BRIEF_COLUMNS, _BRIEF_NAMES)
         rows = self._query(
-            f"SELECT * FROM jobs WHERE {where} "
+            f"SELECT {columns} FROM jobs WHERE {where} "
             "ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit))
-        return [_row_to_job(r) for r in rows]
+        return [_row_to_job(r, names) for r in rows]
 
 
 class EventBus:

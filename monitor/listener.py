@@ -116,7 +116,10 @@ class Listener:
         if self.auth:
             token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
             header.append(f"Authorization: Basic {token}")
-        ws = websocket.create_connection(self.url, timeout=10, header=header, enable_multithread=False)
+        # UTF-8 is checked by our own decode (C, and a bad frame costs that frame, not the connection);
+        # websocket-client's own check is pure Python per text frame and drops the connection.
+        ws = websocket.create_connection(self.url, timeout=10, header=header, enable_multithread=False,
+                                         skip_utf8_validation=True)
         # The server reads the flags only from the first frame; later ones are ignored.
         ws.send(FEATURE_FLAGS)
         ws.settimeout(IDLE_PING_S)

@@ -116,7 +116,7 @@ class Monitor:
 
     # --- views' side (read cached state only) --------------------------------------------------
     def active_jobs(self) -> list[dict]:
-        jobs = [self._decorate(j, brief=True) for j in self.store.active()]
+        jobs = [self._decorate(j, brief=True) for j in self.store.active(graph=False)]
         jobs.sort(key=_queue_order)
         return jobs
 
@@ -125,7 +125,7 @@ class Monitor:
         return self._decorate(job) if job else None
 
     def history(self, limit: int = 50, status: str | None = None) -> list[dict]:
-        return [self._decorate(j, brief=True) for j in self.store.history(limit=limit, status=status)]
+        return [self._decorate(j, brief=True) for j in self.store.history(limit=limit, status=status, graph=False)]
 
     def comfy_state(self) -> dict:
         st = self.listener.status()
@@ -389,6 +389,10 @@ class Monitor:
     def _reconcile(self) -> None:
         # Read before asking ComfyUI: a connection lost while we ask must not count as accounted for.
         epoch = self._disconnects
+        # Jobs and submissions as they were *before* asking: one posted meanwhile is missing from this view
+        # without being lost (and right after a reconnect it would be declared lost at once).
+        candidates = self.store.active(graph=False)
+        posting = set(self._posting)
         view = reconciler.fetch_queue(self.comfy)
         if view is None:
             return
@@ -400,9 +404,9 @@ class Monitor:
         # A job that vanished from queue *and* history across a lost connection was lost by a restart.
         restarted = epoch != self._reconciled_epoch
         complete = True
-        for job in self.store.active():
+        for job in candidates:
             pid = job["id"]
-            if pid in view.ids or pid in self._posting:
+            if pid in view.ids or pid in posting or pid in self._posting:
                 self._missing.pop(pid, None)
                 continue
             reached, entry = reconciler.fetch_history(self.comfy, pid)
@@ -414,6 +418,10 @@ class Monitor:
                 self._settle(pid, status, error=fields.get("error"), outputs=fields.get("outputs"),
                              finished_at=iso_from_epoch_ms(fields.get("finished_ms")),
                              started_at=iso_from_epoch_ms(fields.get("started_ms")))
+                continue
+            job = self.store.get(pid)
+            if job is None or job["status"] not in ("queued", "running"):
+                self._missing.pop(pid, None)   # settled (by its terminal message) while we asked
                 continue
             if pid in self._cancel_requested and job["status"] == "queued":
                 self._settle(pid, "cancelled")

@@ -93,6 +93,7 @@ class Tracker:
         self._prompts: dict[str, _Prompt] = {}
         self._running: str | None = None
         self._dirty: set[str] = set()
+        self._queued_states: dict[str, dict] = {}   # built state of not-yet-started prompts, until touched
         self._forgotten: deque = deque(maxlen=FORGOTTEN_KEEP)
         self._forgotten_set: set[str] = set()
         self._handlers = {
@@ -149,6 +150,7 @@ class Tracker:
         return [self._terminate(p, status, data)]
 
     def forget(self, prompt_id) -> None:
+        self._queued_states.pop(prompt_id, None)
         if self._prompts.pop(prompt_id, None) is None:
             return
         if self._running == prompt_id:
@@ -359,6 +361,7 @@ class Tracker:
     def _touch(self, p: _Prompt, now: float | None = None) -> None:
         p.updated = self._clock() if now is None else now
         self._dirty.add(p.id)
+        self._queued_states.pop(p.id, None)
 
     def _forget_undo(self, prompt_id: str) -> None:
         if prompt_id in self._forgotten_set:  # registered again on purpose (e.g. reattach)
@@ -469,6 +472,13 @@ class Tracker:
             return None
         if p.frozen is not None:
             return dict(p.frozen)
+        if p.status == "queued" and p.started is None:
+            # Nothing in a waiting prompt's state depends on the clock: build it once per change
+            # (a long queue is listed by every API poll).
+            cached = self._queued_states.get(p.id)
+            if cached is None:
+                cached = self._queued_states[p.id] = self._build_state(p, self._clock())
+            return dict(cached)
         return self._build_state(p, self._clock())
 
     def active(self) -> list[dict]:

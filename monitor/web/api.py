@@ -1,6 +1,7 @@
 """JSON API: queue, jobs, history, submit, cancel, workflows, telemetry, the /view proxy and /healthz."""
 from __future__ import annotations
 
+import json
 import re
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -15,6 +16,8 @@ bp = Blueprint("api", __name__)
 
 VIEW_TYPES = {"output", "input", "temp"}
 MEDIA_PREFIXES = ("image/", "video/")
+# Image types that are documents: SVG runs scripts when opened directly from our origin.
+ACTIVE_MEDIA = ("image/svg+xml", "image/svg", "text/xml", "application/xml")
 _PREVIEW_RE = re.compile(r"^(webp|jpeg|png);\d{1,3}$")
 _CHANNEL_RE = re.compile(r"^(rgba|rgb|a)$")
 
@@ -41,14 +44,40 @@ def mon():
     return current_app.extensions["monitor"]
 
 
+MAX_DEPTH = 64   # API-format graphs nest a few levels; deeper bodies are refused before anything walks them
+_NOT_JSON = "request body must be valid JSON (Content-Type: application/json)"
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(value, limit: int = MAX_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _body() -> dict:
-    data = request.get_json(silent=True)
-    if data is None:
-        if request.content_length:
-            raise ApiError(400, "request body must be valid JSON (Content-Type: application/json)")
+    raw = request.get_data(cache=True)  # 413 above MAX_CONTENT_LENGTH
+    if not raw.strip():
         return {}
+    if not request.is_json:
+        raise ApiError(400, _NOT_JSON)
+    try:
+        # NaN/Infinity are not JSON: stored, they would make our own API answers unparseable.
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(400, _NOT_JSON)
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    if _too_deep(data):
+        raise ApiError(400, f"request body nests deeper than {MAX_DEPTH} levels")
     return data
 
 
@@ -233,7 +262,7 @@ def view():
         status = upstream.status_code if upstream.status_code in (400, 403, 404) else 502
         raise ApiError(status, f"ComfyUI answered {upstream.status_code} for this file")
     ctype = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if not ctype.startswith(MEDIA_PREFIXES):
+    if not ctype.startswith(MEDIA_PREFIXES) or ctype in ACTIVE_MEDIA or "xml" in ctype:
         upstream.close()
         raise ApiError(415, f"refusing to serve {ctype or 'unknown type'}: only images and videos")
 
@@ -244,7 +273,9 @@ def view():
             upstream.close()
 
     headers = {"Content-Type": ctype, "X-Content-Type-Options": "nosniff",
-               "Cache-Control": "private, max-age=3600", "Content-Disposition": "inline"}
+               "Cache-Control": "private, max-age=3600", "Content-Disposition": "inline",
+               # Opened on its own, a file is never a document of our origin (defence in depth).
+               "Content-Security-Policy": "sandbox"}
     if upstream.headers.get("Content-Length"):
         headers["Content-Length"] = upstream.headers["Content-Length"]
     return Response(stream_with_context(body()), headers=headers)
