@@ -45,7 +45,7 @@ class Config:
     hub_tick: float = 0.15
     telemetry_interval: float = 1.5
     reconnect_min: float = 1.0
-    reconnect_max: float = 4.0    # the cap keeps "ComfyUI is back" → connected within 5 s
+    reconnect_max: float = 15.0   # a refused port is probed every second meanwhile (listener.py)
     start_background: bool = True
     testing: bool = False
 

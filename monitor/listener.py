@@ -5,9 +5,11 @@ import base64
 import json
 import logging
 import random
+import socket
 import time
 from collections import Counter
 from typing import Callable
+from urllib.parse import urlsplit
 
 import gevent
 import websocket  # websocket-client
@@ -20,6 +22,7 @@ FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_
 # ComfyUI (aiohttp) sends no pings of its own; a long silent node is normal, so silence alone never
 # means a dead link. After this much silence we ping: a dead peer then fails the send.
 IDLE_PING_S = 20.0
+PROBE_S = 1.0
 
 
 class Listener:
@@ -28,7 +31,7 @@ class Listener:
     def __init__(self, ws_url: str, client_id: str, *, auth: tuple[str, str] | None = None,
                  on_text: Callable[[str, dict], None], on_binary: Callable[[protocol.BinaryFrame], None],
                  on_connect: Callable[[], None], on_disconnect: Callable[[str], None],
-                 backoff_min: float = 1.0, backoff_max: float = 4.0):
+                 backoff_min: float = 1.0, backoff_max: float = 15.0):
         self.url = f"{ws_url}?clientId={client_id}"
         self.client_id = client_id
         self.auth = auth
@@ -46,6 +49,7 @@ class Listener:
         self._ws: websocket.WebSocket | None = None
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
+        self._refused = False
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,6 +90,7 @@ class Listener:
                 self._connect()
             except Exception as exc:  # refused, DNS, TLS, handshake status...
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
+                self._refused = isinstance(exc, ConnectionRefusedError)
                 self.attempts += 1
                 if self.attempts <= 3 or self.attempts % 20 == 0:
                     log.warning("ComfyUI WebSocket %s unreachable (attempt %d): %s",
@@ -100,6 +105,7 @@ class Listener:
                     log.warning("ComfyUI WebSocket lost: %s", self.last_error)
                 finally:
                     self._close()
+                    self._refused = True  # probe first: a restarted ComfyUI is back in seconds
                     if self.connected:
                         self.connected = False
                         self.connected_since = None
@@ -107,8 +113,31 @@ class Listener:
             if self._stopping:
                 break
             # Full jitter keeps many monitors from hammering a restarting server in lockstep.
-            gevent.sleep(random.uniform(self.backoff_min / 2, delay))
+            self._pause(random.uniform(self.backoff_min / 2, delay))
             delay = min(self.backoff_max, delay * 2)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait out one backoff step. While ComfyUI's port refuses connections (it is down or
+        restarting), look at the port every PROBE_S: a refused TCP connect costs nothing, and a ComfyUI
+        that comes back is then reconnected within about a second instead of a whole step (up to
+        backoff_max). A server that accepts TCP but fails the handshake waits the full backoff."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            gevent.sleep(min(PROBE_S, left))
+            if self._refused and self._port_open():
+                return
+
+    def _port_open(self) -> bool:
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def _connect(self) -> None:
         self._close()  # never two sockets with one client id: the server orphans both

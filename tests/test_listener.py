@@ -111,3 +111,21 @@ def test_a_handler_bug_does_not_kill_the_listener(sim, caplog):
         assert lis.connected and "bug in a handler" in caplog.text
     finally:
         lis.stop()
+
+
+def test_a_refused_port_is_probed_so_a_restarted_comfy_is_back_fast_despite_long_backoff(sim):
+    rec = Recorder()
+    # Long backoff steps: without the port probe, the first retry alone would wait at least 5 s.
+    lis = rec.listener(sim.url, backoff_min=10.0, backoff_max=15.0)
+    lis.start()
+    try:
+        wait_for(lambda: lis.connected, what="connect")
+        sim.stop(abrupt=True)
+        wait_for(lambda: rec.disconnects, what="the drop")
+        gevent.sleep(1.5)  # at least one refused probe
+        sim.start()
+        back = time.time()
+        wait_for(lambda: lis.connected, timeout=4, what="reconnect about a second after the port opens")
+        assert time.time() - back < 4
+    finally:
+        lis.stop()
