@@ -242,6 +242,11 @@ class JobStore:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every write: what a cache of this store's reads is keyed on."""
+        return self._generation
+
     def active(self, graph: bool = True) -> list[dict]:
         """Queued and running jobs: running first, then queued by ComfyUI's number, then queued_at.
         graph=False leaves the `graph` key out (neither read nor parsed): for lists and status checks."""

@@ -72,6 +72,7 @@ class Monitor:
         self._posting: set[str] = set()  # submitted, POST /prompt not answered yet
         self._missing: dict[str, int] = {}
         self._cancel_requested: set[str] = set()
+        self._graphless: set[str] = set()  # known only from a message so far: /queue has the graph
         self._finished: dict[str, float] = {}
         self._positions: dict[str, int] = {}
         self._disconnects = 0          # bumped on every lost connection
@@ -113,12 +114,34 @@ class Monitor:
             self.tracker.register(job["id"], job.get("graph"), job.get("outputs_to_execute"),
                                   number=job.get("number"), client_id=job.get("client_id"),
                                   status=job["status"])
+            if not job.get("graph"):
+                self._graphless.add(job["id"])
 
     # --- views' side (read cached state only) --------------------------------------------------
     def active_jobs(self) -> list[dict]:
         jobs = [self._decorate(j, brief=True) for j in self.store.active(graph=False)]
         jobs.sort(key=_queue_order)
         return jobs
+
+    def active_versions(self) -> list[tuple[str, tuple, object]]:
+        """The active jobs in queue order as (id, version, build): `build()` makes the same dict as
+        active_jobs() has for that job, and `version` changes whenever that dict would. Lets the
+        views keep one rendering per job instead of re-rendering a long queue on every poll."""
+        generation = self.store.generation
+        out = []
+        for job in self.store.active(graph=False):
+            pid = job["id"]
+            version = (generation, self.tracker.stamp(pid),
+                       self._positions.get(pid) if job["status"] == "queued" else None)
+            out.append((pid, version, lambda job=job: self._decorate(job, brief=True)))
+        return out
+
+    def current_job(self) -> dict | None:
+        """The running job (the one ComfyUI runs; the first by queue order if we believe in several)."""
+        for job in self.store.active(graph=False):
+            if job["status"] == "running":
+                return self._decorate(job, brief=True)
+        return None
 
     def get_job(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)
@@ -307,6 +330,7 @@ class Monitor:
         """A message for a prompt we have never seen (a script posting without client id, or one
         queued while we were down): record it now; the reconciler fills in its graph."""
         self._wake.set()
+        self._graphless.add(pid)
         return self.store.create({"id": pid, "source": "external", "status": "queued"})
 
     def _mark_running(self, job: dict, started_at: str | None = None) -> None:
@@ -347,6 +371,7 @@ class Monitor:
             self._finished[pid] = time.time()
             self._missing.pop(pid, None)
             self._cancel_requested.discard(pid)
+            self._graphless.discard(pid)
             message = f"Job {pid[:8]} {status}"
             if status == "failed" and isinstance(error, dict) and error.get("message"):
                 where = error.get("node_title") or error.get("node_type")
@@ -399,8 +424,9 @@ class Monitor:
         running_ids = {e[1] for e in view.running}
         with self._lock:
             self._positions = view.positions()
+            known = {j["id"]: j for j in candidates}
             for entry in view.running + view.pending:
-                self._adopt_or_refresh(entry, entry[1] in running_ids)
+                self._adopt_or_refresh(entry, entry[1] in running_ids, known.get(entry[1]))
         # A job that vanished from queue *and* history across a lost connection was lost by a restart.
         restarted = epoch != self._reconciled_epoch
         complete = True
@@ -435,12 +461,17 @@ class Monitor:
         self.reconciled_at = time.time()
         self._push_progress()
 
-    def _adopt_or_refresh(self, entry: list, running: bool) -> None:
+    def _adopt_or_refresh(self, entry: list, running: bool, brief: dict | None = None) -> None:
+        """`brief`: the job as the active list has it (no graph), so that a long queue of jobs we
+        already know costs no database read and no graph parsing per reconcile."""
         number, pid, graph, extra, outputs = entry[0], entry[1], entry[2], entry[3], entry[4]
         extra = extra if isinstance(extra, dict) else {}
         outputs = [str(o) for o in outputs] if isinstance(outputs, list) else None
-        job = self.store.get(pid)
-        if job is None or not job.get("graph"):
+        if brief is not None and pid not in self._graphless:
+            job = brief
+        else:
+            job = self.store.get(pid)
+        if job is None or pid in self._graphless or (brief is None and not job.get("graph")):
             mine = extra.get("client_id") == self.client_id
             created = iso_from_epoch_ms(extra.get("create_time")) if isinstance(
                 extra.get("create_time"), (int, float)) else None
@@ -461,6 +492,7 @@ class Monitor:
                 job = self.store.update(pid, **fields)
             self.tracker.register(pid, graph, outputs, number=fields["number"],
                                   client_id=extra.get("client_id"), status=job["status"])
+            self._graphless.discard(pid)
         elif outputs and job.get("outputs_to_execute") != outputs:
             job = self.store.update(pid, outputs_to_execute=outputs)
             self.tracker.register(pid, graph, outputs, number=job.get("number"),

@@ -491,6 +491,16 @@ class Tracker:
     def running_id(self) -> str | None:
         return self._running
 
+    def stamp(self, prompt_id):
+        """A value that changes whenever state(prompt_id) would: None for unknown prompts, and a fresh
+        object for a running one (its elapsed time moves with the clock). For caches of renderings."""
+        p = self._prompts.get(prompt_id)
+        if p is None:
+            return None
+        if p.frozen is None and not (p.status == "queued" and p.started is None):
+            return object()
+        return p.updated
+
     def pop_dirty(self) -> set[str]:
         dirty, self._dirty = self._dirty, set()
         return dirty

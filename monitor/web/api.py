@@ -11,6 +11,7 @@ from ..comfy import ComfyUnavailable
 from ..jobs import STATUSES
 from ..service import SubmitError
 from ..workflows import ParamError, new_job_folder
+from .fragments import FragmentCache
 
 bp = Blueprint("api", __name__)
 
@@ -93,7 +94,9 @@ def _submit_error(exc: SubmitError):
 # --- reads ------------------------------------------------------------------------------------
 @bp.get("/api/admin/queue")
 def queue():
-    return jsonify(jobs=mon().active_jobs())
+    cache = current_app.extensions.setdefault("queue_json_fragments", FragmentCache())
+    parts = cache.render_all(mon().active_versions(), lambda job: json.dumps(job, separators=(",", ":")))
+    return Response('{"jobs":[' + ",".join(parts) + "]}", mimetype="application/json")
 
 
 @bp.get("/api/admin/jobs/<job_id>")

@@ -11,8 +11,11 @@ import math
 from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, redirect, render_template, url_for
+from markupsafe import Markup
 
 from monitor.timeutil import epoch_from_iso
+
+from .fragments import FragmentCache
 
 bp = Blueprint("pages", __name__)
 
@@ -213,21 +216,15 @@ def is_scalar(value) -> bool:
 
 # --- data helpers -------------------------------------------------------------------------------------------
 
-def _active_jobs() -> list[dict]:
-    jobs = list(_monitor().active_jobs() or [])
-    # Running first, then queued by queue position / time (the Monitor already orders them; keep it stable).
-    def key(j):
-        running = 0 if j.get("status") == "running" else 1
-        pos = j.get("queue_position")
-        return (running, pos if isinstance(pos, (int, float)) else math.inf, j.get("queued_at") or "")
-    return sorted(jobs, key=key)
-
-
-def _current(jobs: list[dict]) -> dict | None:
-    for job in jobs:
-        if job.get("status") == "running":
-            return job
-    return None
+def _cards() -> list[Markup]:
+    """Each active job's card, in queue order (Monitor.active_versions is already ordered: running
+    first, then queued in run order), rendered once per job version."""
+    cache = current_app.extensions.setdefault("card_fragments", FragmentCache())
+    env = current_app.jinja_env
+    card = env.get_template("_card.html")
+    # Markup: each piece is the output of our own autoescaped template, not user data.
+    return [Markup(html) for html in cache.render_all(_monitor().active_versions(),
+                                                       lambda job: card.render(job=job))]
 
 
 def _telemetry() -> dict | None:
@@ -270,10 +267,10 @@ def index():
 
 @bp.get("/admin/queue")
 def queue_page():
-    jobs = _active_jobs()
     resp = current_app.make_response(render_template(
         "queue.html",
-        **_context(jobs=jobs, current=_current(jobs), telemetry=_telemetry(), comfy=_comfy_state()),
+        **_context(cards=_cards(), current=_monitor().current_job(), telemetry=_telemetry(),
+                   comfy=_comfy_state()),
     ))
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -281,12 +278,12 @@ def queue_page():
 
 @bp.get("/admin/queue/cards")
 def queue_cards():
-    return _fragment("_cards.html", jobs=_active_jobs())
+    return _fragment("_cards.html", cards=_cards())
 
 
 @bp.get("/admin/queue/current")
 def queue_current():
-    return _fragment("_current.html", current=_current(_active_jobs()))
+    return _fragment("_current.html", current=_monitor().current_job())
 
 
 @bp.get("/admin/queue/gauges")
