@@ -18,7 +18,6 @@ the frames the clients received in that window.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

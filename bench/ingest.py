@@ -9,7 +9,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import sys
 import time
 
@@ -19,6 +18,9 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from monitor.protocol import parse_binary, parse_text  # noqa: E402
 from monitor.tracker import Tracker  # noqa: E402
 from recordings import load, posted_prompts, scenario_names  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import machine  # noqa: E402
 
 
 def streams() -> list[tuple[list, list]]:
@@ -62,27 +64,15 @@ def measure(all_streams, with_state: bool, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per variant")
     args = parser.parse_args()
+    print(machine())
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     all_streams = streams()
     frames = sum(len(f) for _, f in all_streams)
-    print(f"machine: {platform.platform()} | {cpu_name()} | "
-          f"{platform.python_implementation()} {platform.python_version()}")
     print(f"corpus:  {frames} frames from {len(all_streams)} recorded sockets, one core")
     for label, with_state in (("parse + handle", False), ("parse + handle + state() per change", True)):
         print(f"{label:38s} {measure(all_streams, with_state, args.seconds):>10,.0f} msg/s")

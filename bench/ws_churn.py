@@ -83,7 +83,7 @@ async def _client(host: str, port: int, mode: str, hold: asyncio.Event, stats: d
         try:   # the server answers with its own close frame (RFC 6455 §5.5.1)...
             while True:
                 b0, b1 = await asyncio.wait_for(reader.readexactly(2), timeout=10)
-                body = await reader.readexactly(b1 & 0x7F if b1 & 0x7F < 126 else struct.unpack(
+                await reader.readexactly(b1 & 0x7F if b1 & 0x7F < 126 else struct.unpack(
                     "!H" if b1 & 0x7F == 126 else "!Q",
                     await reader.readexactly(2 if b1 & 0x7F == 126 else 8))[0])
                 if b0 & 0x0F == 0x8:

@@ -30,3 +30,14 @@ def live_server(fake_comfy, tmp_path):
     server = LiveServer(fake_comfy, str(tmp_path / "data"))
     yield server
     server.stop_app()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium (tests/browser.py); one per test module."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from browser import launch
+    with sync_api.sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()

@@ -7,23 +7,15 @@ element or `hx-*` attribute from the data comes alive, nothing is requested on t
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from urllib.parse import urlsplit
 
-import pytest
 
 from fake_comfy import FakeComfy, ReplayEngine
+from browser import requires_chromium
 from live import LiveServer, recorded_prompt
 from monitor.demo import SyntheticEngine
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)),
-                                reason=f"no chromium at {CHROMIUM}")
+pytestmark = requires_chromium
 
 PAYLOADS = [
     "<img src=x onerror=alert('title')>",
@@ -63,14 +55,6 @@ FILE_GRAPH = {
           "_meta": {"title": PAYLOADS[3]}},
     "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}, "_meta": {"title": PAYLOADS[4]}},
 }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def test_11_titles_errors_and_file_names_render_as_inert_text(browser, tmp_path):

@@ -9,34 +9,20 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
 
 import pytest
 
-from live import LiveServer, recorded_prompt, wait_for
+from browser import requires_chromium
+from live import LiveServer, recorded_prompt
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOTS = os.path.join(ROOT, "docs", "screenshots")
 XSS = "<img src=x onerror=alert(1)>"
 
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)),
-                                reason=f"no chromium at {CHROMIUM}")
+pytestmark = requires_chromium
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
 
 class Page:
     """A page plus everything it said: console errors, uncaught exceptions, JS dialogs (alert/confirm)."""
