@@ -14,6 +14,7 @@ from . import markers, reconciler
 from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
 from .config import Config
 from .hub import Hub
+from .jobs import FINISHED as TERMINAL  # the four end states and stalled: nothing more will happen
 from .jobs import EventBus, JobStore, StoreError
 from .listener import Listener
 from .telemetry import Telemetry
@@ -23,7 +24,6 @@ from .workflows import load_workflows
 
 log = logging.getLogger(__name__)
 
-TERMINAL = {"completed", "failed", "interrupted", "cancelled", "stalled"}
 EVENT_SEVERITY = {"completed": "info", "failed": "error", "interrupted": "warning",
                   "cancelled": "warning", "stalled": "warning"}
 LINGER_S = 30.0        # finished prompts stay in the tracker this long (late previews, the final frame)

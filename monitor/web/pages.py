@@ -26,9 +26,6 @@ POLL_S = 10
 # Gauges refresh (seconds); the telemetry sampler itself runs every ~1.5 s.
 GAUGES_POLL_S = 3
 
-ACTIVE = ("queued", "running")
-TERMINAL = ("completed", "failed", "interrupted", "cancelled", "stalled")
-
 
 def _monitor():
     return current_app.extensions["monitor"]
