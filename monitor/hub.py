@@ -58,6 +58,7 @@ class _Client:
         self.partial: memoryview | None = None          # unsent rest of a direct send: goes first
         self.busy = False                               # the sender greenlet has a blocking send in flight
         self.previews = True
+        self.resumed = False                            # a page resumes once, right after connecting
         self.lost = 0                                   # events dropped since the sender last drained
         self.wake = Event()
         self.closed = False
@@ -183,7 +184,9 @@ class Hub:
             c.previews = msg["enabled"]
             if not c.previews:
                 c.preview = None
-        elif kind == "resume" and type(msg.get("last_seq")) is int:
+        elif kind == "resume" and type(msg.get("last_seq")) is int and not c.resumed:
+            # Once per session: each resume costs an events query, so a flood of them is ignored.
+            c.resumed = True
             self._resume(c, msg["last_seq"])
         else:
             self.counters["messages_ignored"] += 1

@@ -210,6 +210,11 @@ def test_resume_replays_missed_events(harness):
     c = h.connect()
     c.send(json.dumps({"type": "resume", "last_seq": 2}))
     assert [recv_json(c)["seq"] for _ in range(3)] == [3, 4, 5]
+    # A page resumes once per connection; more resumes (a flood costs a query each) are ignored.
+    ignored = h.hub.counters["messages_ignored"]
+    for _ in range(50):
+        c.send(json.dumps({"type": "resume", "last_seq": 0}))
+    wait_for(lambda: h.hub.counters["messages_ignored"] == ignored + 50)
 
 
 def test_bad_client_messages_are_ignored(harness):
