@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Role, http_json, machine, ms, pct, sampler_prompt  # noqa: E402
+from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, wait_connected  # noqa: E402
 
 TARGETS = {"/api/admin/queue": 0.020, "/admin/queue/cards": 0.050}
 
@@ -38,11 +38,7 @@ def main() -> int:
                    os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
     mon = f"http://127.0.0.1:{monitor.port}"
     try:
-        deadline = time.time() + 30
-        while not http_json("GET", mon + "/healthz").get("comfy", {}).get("connected"):
-            if time.time() > deadline:
-                raise RuntimeError("the monitor did not connect to the fake ComfyUI")
-            time.sleep(0.1)
+        wait_connected(mon)
         t0 = time.time()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda i: http_json("POST", mon + "/api/run", {"prompt": sampler_prompt(20, 50, seed=i)}),

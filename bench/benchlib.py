@@ -180,6 +180,15 @@ def http_json(method: str, url: str, body=None, timeout: float = 30.0):
         return json.loads(resp.read() or b"null")
 
 
+def wait_connected(monitor_url: str, timeout: float = 30.0) -> None:
+    """Until the monitor says it is connected to its (fake) ComfyUI."""
+    deadline = time.time() + timeout
+    while not http_json("GET", monitor_url + "/healthz").get("comfy", {}).get("connected"):
+        if time.time() > deadline:
+            raise RuntimeError("the monitor did not connect to the fake ComfyUI")
+        time.sleep(0.1)
+
+
 def sampler_prompt(steps: int, delay_ms: int, seed: int = 1, fail_at: int = 0, text: str | None = None) -> dict:
     """A small text-to-image graph; the fake runs its sampler `steps` steps, `delay_ms` apart."""
     sampler = "MonitorProbeSampler" if fail_at else "KSampler"

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (Role, cpu_seconds, http_json, machine, ms, pct, sampler_prompt,  # noqa: E402
-                      start_clients)
+                      start_clients, wait_connected)
 
 TICK = 0.15
 RATE = 20.0   # steps (previews) per second
@@ -114,11 +114,7 @@ def main() -> int:
     bc_url = f"http://127.0.0.1:{bcast.port}"
     summary = []
     try:
-        deadline = time.time() + 30
-        while not http_json("GET", mon_url + "/healthz").get("comfy", {}).get("connected"):
-            if time.time() > deadline:
-                raise RuntimeError("the monitor did not connect to the fake ComfyUI")
-            time.sleep(0.1)
+        wait_connected(mon_url)
         time.sleep(1.0)   # let the first reconcile and feature probe settle
 
         def kick_monitor(steps):

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Role, http_json, machine, rss, sampler_prompt  # noqa: E402
+from benchlib import Role, http_json, machine, rss, sampler_prompt, wait_connected  # noqa: E402
 
 LINGER_S = 30.0
 IN_FLIGHT = 8
@@ -45,11 +45,7 @@ def main() -> int:
     lock = threading.Lock()
     slots = threading.Semaphore(IN_FLIGHT)
     try:
-        deadline = time.time() + 30
-        while not http_json("GET", mon + "/healthz").get("comfy", {}).get("connected"):
-            if time.time() > deadline:
-                raise RuntimeError("the monitor did not connect to the fake ComfyUI")
-            time.sleep(0.1)
+        wait_connected(mon)
 
         def submit(i: int) -> None:
             fail = i % FAIL_EVERY == FAIL_EVERY - 1

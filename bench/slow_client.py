@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, start_clients  # noqa: E402
+from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, start_clients, wait_connected  # noqa: E402
 
 RATE = 20.0
 
@@ -44,11 +44,7 @@ def main() -> int:
     mon = f"http://127.0.0.1:{monitor.port}"
     clients = None
     try:
-        deadline = time.time() + 30
-        while not http_json("GET", mon + "/healthz").get("comfy", {}).get("connected"):
-            if time.time() > deadline:
-                raise RuntimeError("the monitor did not connect to the fake ComfyUI")
-            time.sleep(0.1)
+        wait_connected(mon)
         time.sleep(1.0)
         out = os.path.join(tmp, "clients.json")
         clients = start_clients(f"ws://127.0.0.1:{monitor.port}/api/run/ws", n, "monitor", duration=0,
