@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, wait_connected  # noqa: E402
+from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, monitor_role, wait_connected  # noqa: E402
 
 TARGETS = {"/api/admin/queue": 0.020, "/admin/queue/cards": 0.050}
 
@@ -34,8 +34,7 @@ def main() -> int:
     print(machine())
     tmp = tempfile.mkdtemp(prefix="bench-api-")
     upstream = Role("upstream", "--paused", log=os.path.join(tmp, "upstream.log"))
-    monitor = Role("monitor", "--comfy-url", f"http://127.0.0.1:{upstream.port}", "--data-dir",
-                   os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
+    monitor = monitor_role(tmp, upstream)
     mon = f"http://127.0.0.1:{monitor.port}"
     try:
         wait_connected(mon)

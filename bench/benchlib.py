@@ -180,6 +180,12 @@ def http_json(method: str, url: str, body=None, timeout: float = 30.0):
         return json.loads(resp.read() or b"null")
 
 
+def monitor_role(tmp: str, upstream: "Role") -> "Role":
+    """The real app in its own process, watching `upstream`, with its data and log under `tmp`."""
+    return Role("monitor", "--comfy-url", f"http://127.0.0.1:{upstream.port}", "--data-dir",
+                os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
+
+
 def wait_connected(monitor_url: str, timeout: float = 30.0) -> None:
     """Until the monitor says it is connected to its (fake) ComfyUI."""
     deadline = time.time() + timeout

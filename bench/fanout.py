@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (Role, cpu_seconds, http_json, machine, ms, pct, sampler_prompt,  # noqa: E402
-                      start_clients, wait_connected)
+                      start_clients, monitor_role, wait_connected)
 
 TICK = 0.15
 RATE = 20.0   # steps (previews) per second
@@ -106,8 +106,7 @@ def main() -> int:
           f"hub tick {TICK * 1000:.0f} ms; {duration:g} s recorded per phase after {warmup:g} s warm-up")
     tmp = tempfile.mkdtemp(prefix="bench-fanout-")
     upstream = Role("upstream", log=os.path.join(tmp, "upstream.log"))
-    monitor = Role("monitor", "--comfy-url", f"http://127.0.0.1:{upstream.port}", "--data-dir",
-                   os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
+    monitor = monitor_role(tmp, upstream)
     bcast = Role("bcast", log=os.path.join(tmp, "bcast.log"))
     mon_url = f"http://127.0.0.1:{monitor.port}"
     up_url = f"http://127.0.0.1:{upstream.port}"

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Role, http_json, machine, rss, sampler_prompt, wait_connected  # noqa: E402
+from benchlib import Role, http_json, machine, rss, sampler_prompt, monitor_role, wait_connected  # noqa: E402
 
 LINGER_S = 30.0
 IN_FLIGHT = 8
@@ -38,8 +38,7 @@ def main() -> int:
     print(machine())
     tmp = tempfile.mkdtemp(prefix="bench-mem-")
     upstream = Role("upstream", "--engine", "synthetic", log=os.path.join(tmp, "upstream.log"))
-    monitor = Role("monitor", "--comfy-url", f"http://127.0.0.1:{upstream.port}", "--data-dir",
-                   os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
+    monitor = monitor_role(tmp, upstream)
     mon = f"http://127.0.0.1:{monitor.port}"
     expected: dict[str, str] = {}
     lock = threading.Lock()

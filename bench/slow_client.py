@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, start_clients, wait_connected  # noqa: E402
+from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, start_clients, monitor_role, wait_connected  # noqa: E402
 
 RATE = 20.0
 
@@ -39,8 +39,7 @@ def main() -> int:
           f"{window:g} s; windows of {window:g} s before/after")
     tmp = tempfile.mkdtemp(prefix="bench-slow-")
     upstream = Role("upstream", log=os.path.join(tmp, "upstream.log"))
-    monitor = Role("monitor", "--comfy-url", f"http://127.0.0.1:{upstream.port}", "--data-dir",
-                   os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
+    monitor = monitor_role(tmp, upstream)
     mon = f"http://127.0.0.1:{monitor.port}"
     clients = None
     try:

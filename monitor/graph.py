@@ -61,6 +61,22 @@ def node_title(graph, node_id) -> str:
     return class_type(graph, node_id) or str(node_id)
 
 
+# UI output keys that name files ComfyUI's /view serves (PROTOCOL.md §4.7).
+FILE_OUTPUT_KEYS = ("images", "gifs", "videos", "audio")
+
+
+def node_output(graph, node_id, ui, title: str | None = None) -> dict:
+    """One node's UI output (an `executed` message's `output`, or a /history outputs entry) as the job
+    records and the page keep it: {node_id, title, images: [{filename, subfolder, type, kind}], text}."""
+    ui = ui if isinstance(ui, dict) else {}
+    files = [{"filename": item["filename"], "subfolder": item.get("subfolder") or "",
+              "type": item.get("type") or "output", "kind": key}
+             for key in FILE_OUTPUT_KEYS for item in ui.get(key) or []
+             if isinstance(item, dict) and isinstance(item.get("filename"), str)]
+    text = [t for t in ui["text"] if isinstance(t, str)] if isinstance(ui.get("text"), list) else []
+    return {"node_id": str(node_id), "title": title or node_title(graph, node_id), "images": files, "text": text}
+
+
 def _inputs(node: dict) -> dict:
     inputs = node.get("inputs")
     return inputs if isinstance(inputs, dict) else {}

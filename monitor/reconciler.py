@@ -72,21 +72,8 @@ def outputs_from_history(entry: dict) -> list[dict]:
     out = []
     for node_id, ui in (entry.get("outputs") or {}).items():
         if isinstance(ui, dict):
-            out.append(node_output(graph, node_id, ui))
+            out.append(graphs.node_output(graph, node_id, ui))
     return out
-
-
-def node_output(graph: dict | None, node_id: str, ui: dict | None) -> dict:
-    ui = ui if isinstance(ui, dict) else {}
-    files = []
-    for key in ("images", "gifs", "videos", "animated", "audio"):
-        for item in ui.get(key) or []:
-            if isinstance(item, dict) and isinstance(item.get("filename"), str):
-                files.append({"filename": item["filename"], "subfolder": item.get("subfolder") or "",
-                              "type": item.get("type") or "output", "kind": key})
-    text = [t for t in ui.get("text") or [] if isinstance(t, str)] if isinstance(ui.get("text"), list) else []
-    return {"node_id": node_id, "title": graphs.node_title(graph, node_id) if graph else node_id,
-            "images": files, "text": text}
 
 
 def _graph_of(entry: dict) -> dict | None:

@@ -119,9 +119,8 @@ class Monitor:
 
     # --- views' side (read cached state only) --------------------------------------------------
     def active_jobs(self) -> list[dict]:
-        jobs = [self._decorate(j, brief=True) for j in self.store.active(graph=False)]
-        jobs.sort(key=_queue_order)
-        return jobs
+        """Running first, then queued in run order (the store's order for active jobs)."""
+        return [build() for _, _, build in self.active_versions()]
 
     def active_versions(self) -> list[tuple[str, tuple, object]]:
         """The active jobs in queue order as (id, version, build): `build()` makes the same dict as
@@ -219,7 +218,6 @@ class Monitor:
         except ComfyUnavailable as exc:
             # Refused or timed out: it may or may not be queued. The reconciler decides from /queue.
             log.warning("POST /prompt for %s failed: %s", prompt_id, exc)
-            self._posting.discard(prompt_id)
             raise SubmitError(502, f"ComfyUI did not answer: {exc}", job=self.get_job(prompt_id))
         finally:
             self._posting.discard(prompt_id)
@@ -314,7 +312,7 @@ class Monitor:
                 self._mark_running(job, data.get("started_at"))
             elif kind == "node_output":
                 outputs = [o for o in job.get("outputs") or [] if o.get("node_id") != data.get("node_id")]
-                outputs.append(reconciler.node_output(job.get("graph"), data.get("node_id"), data.get("output")))
+                outputs.append(data["entry"])
                 self.store.update(pid, outputs=outputs)
             elif kind == "hint_finished":
                 self._wake.set()  # ended or superseded without a terminal message: /history decides
@@ -509,12 +507,6 @@ class Monitor:
             if now - at > LINGER_S:
                 self.tracker.forget(pid)
                 del self._finished[pid]
-
-
-def _queue_order(job: dict):
-    running = job["status"] == "running"
-    number = job.get("number")
-    return (0 if running else 1, number if number is not None else float("inf"), job.get("queued_at") or "")
 
 
 def _input_image(graph: dict | None) -> str | None:

@@ -279,8 +279,10 @@ class Tracker:
         output = data.get("output")
         if isinstance(output, dict):
             title = graphs.node_title(p.graph, _str(data.get("display_node")) or node)
-            self._merge_outputs(p, {node: output})
-            out.append(Transition("node_output", p.id, {"node_id": node, "title": title, "output": output}))
+            entry = graphs.node_output(p.graph, node, output, title)
+            self._merge_outputs(p, [entry])
+            out.append(Transition("node_output", p.id, {"node_id": node, "title": title, "output": output,
+                                                        "entry": entry}))
         self._touch(p)
 
     def _on_success(self, data, out):
@@ -371,9 +373,8 @@ class Tracker:
     def _merge_outputs(self, p: _Prompt, outputs) -> None:
         """Outputs as a list of state entries, or as /history's {node_id: ui_output}."""
         if isinstance(outputs, dict):
-            outputs = [{"node_id": str(nid), "title": graphs.node_title(p.graph, str(nid)),
-                        **{k: v for k, v in ui.items() if k not in ("node_id", "title")}}
-                       for nid, ui in outputs.items() if isinstance(ui, dict)]
+            outputs = [graphs.node_output(p.graph, str(nid), ui) for nid, ui in outputs.items()
+                       if isinstance(ui, dict)]
         if not isinstance(outputs, list):
             return
         for entry in outputs:

@@ -18,6 +18,7 @@ from flask import Flask, jsonify
 from gevent.pywsgi import WSGIServer
 
 import recordings
+from live import wait_for
 from monitor.config import Config
 from monitor.telemetry import GPUTIL_ERROR, Telemetry, cgroup_memory, level
 
@@ -85,16 +86,6 @@ def calls(bin_dir):
         return (bin_dir / "calls.log").read_text().split()
     except FileNotFoundError:
         return []
-
-
-def wait_for(predicate, timeout=5.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 # --- snapshot shape ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
@@ -185,7 +186,6 @@ def run_workflow(workflow_id: str):
     params = body.get("params", {})
     if not isinstance(params, dict):
         raise ApiError(400, "params must be an object")
-    import uuid
     prompt_id = str(uuid.uuid4())
     folder = new_job_folder(workflow_id, prompt_id)
     try:
