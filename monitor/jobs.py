@@ -25,9 +25,9 @@ JOB_DEFAULTS = {
     "status": "queued", "status_reason": None, "queued_at": None, "started_at": None, "finished_at": None,
     "duration_s": None, "params": {}, "seeds": [], "input_image": None, "output_dir": None, "job_folder": None,
     "outputs": [], "error": None, "prompt_excerpt": None, "node_total": None, "node_done": None,
-    "number": None, "client_id": None, "graph": None, "outputs_to_execute": None,
+    "number": None, "client_id": None, "graph": None, "outputs_to_execute": None, "cached_nodes": None,
 }
-JSON_FIELDS = frozenset({"params", "seeds", "outputs", "error", "graph", "outputs_to_execute"})
+JSON_FIELDS = frozenset({"params", "seeds", "outputs", "error", "graph", "outputs_to_execute", "cached_nodes"})
 TIME_FIELDS = frozenset({"queued_at", "started_at", "finished_at"})
 
 # Append only: entry N (1-based) moves the schema from user_version N-1 to N.
@@ -49,6 +49,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
             ts TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
             message TEXT NOT NULL, data TEXT)""",
     ),
+    # What a restarted monitor needs to resume a running job's progress: the nodes ComfyUI said it would
+    # not run (None = never heard; [] = none cached).
+    ("ALTER TABLE jobs ADD COLUMN cached_nodes TEXT",),
 ]
 
 
@@ -180,7 +183,9 @@ class JobStore:
             raise ValueError("status 'stalled' requires a status_reason")
         for name in TIME_FIELDS:
             job[name] = _timestamp(job[name])
-        if job["status"] in TERMINAL:
+        if job["status"] in ACTIVE:
+            job["finished_at"] = job["duration_s"] = None
+        else:  # terminal, or stalled: when the monitor decided
             if not job["finished_at"]:
                 job["finished_at"] = utcnow_iso()
             if job["started_at"] and "duration_s" not in explicit:
@@ -214,6 +219,16 @@ class JobStore:
 
     def update(self, job_id, **fields) -> dict | None:
         """Change some fields; None if the job is unknown. Finished jobs keep their status (see below)."""
+        return self._change(job_id, None, fields)[1]
+
+    def transition(self, job_id, allowed_from, **fields) -> dict | None:
+        """Change the job only if its status, read in the same write transaction, is one of
+        `allowed_from`: the new record, or None when the job is unknown or in another state. Callers
+        that saw a possibly stale copy use this, so that a transition is applied once, from current state."""
+        applied, job = self._change(job_id, frozenset(allowed_from), fields)
+        return job if applied else None
+
+    def _change(self, job_id, allowed_from, fields) -> tuple[bool, dict | None]:
         self._check_fields(fields)
         if "id" in fields:
             raise ValueError("a job's id cannot change")
@@ -222,21 +237,29 @@ class JobStore:
         with self._write() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                return None
+                return False, None
             current = _row_to_job(row)
+            if allowed_from is not None and current["status"] not in allowed_from:
+                return False, current
             new_status = fields.get("status", current["status"])
             # Terminal states are sticky; a stalled job may still be settled (or re-attached) later.
             if current["status"] in TERMINAL and new_status != current["status"]:
                 log.warning("job %s is %s; refusing to change it to %s", job_id, current["status"], new_status)
-                return current
+                return False, current
             record = {**current, **fields}
-            if current["status"] == "stalled" and new_status != "stalled" and "status_reason" not in fields:
-                record["status_reason"] = None
+            if current["status"] == "stalled" and new_status != "stalled":
+                if "status_reason" not in fields:
+                    record["status_reason"] = None
+                if "finished_at" not in fields:  # the stall's decision time is not when it ended
+                    record["finished_at"] = None
+            started = _timestamp(fields.get("started_at"))
+            if started and current["started_at"] and epoch_from_iso(current["started_at"]) < epoch_from_iso(started):
+                record["started_at"] = current["started_at"]  # a start time never moves forward
             self._settle(record, fields)
             changed = {k: v for k, v in self._columns(record).items() if k != "id"}
             assignments = ", ".join(f"{name} = ?" for name in changed)
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changed.values(), job_id))
-        return self.get(job_id)
+        return True, self.get(job_id)
 
     def get(self, job_id) -> dict | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 LOST_REASON = "ComfyUI no longer knows this job (not in its queue or history)"
 RESTART_REASON = "ComfyUI restarted; it no longer knows this job"
+REMOVED_REASON = "removed from ComfyUI's queue outside the monitor"
 
 
 @dataclass
@@ -32,19 +33,27 @@ class QueueView:
 
 def settlement_from_history(entry: dict) -> tuple[str, dict]:
     """Map a /history entry to (status, fields). status_str "error" covers failures and interrupts:
-    the last status message tells them apart (PROTOCOL.md §6.5)."""
-    status = entry.get("status") or {}
-    messages = [m for m in status.get("messages") or [] if isinstance(m, (list, tuple)) and len(m) == 2]
+    the last status message tells them apart (PROTOCOL.md §6.5). fields also carry what the run's
+    record needs: start/end times (epoch ms), the cached node ids (None if the entry does not say)
+    and the nodes that ran to completion (known for errors and interrupts)."""
+    status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+    messages = [m for m in status.get("messages") or [] if isinstance(m, (list, tuple)) and len(m) == 2
+                and isinstance(m[1], dict)]
     last_kind, last_data = (messages[-1][0], messages[-1][1]) if messages else (None, {})
-    start = next((m[1].get("timestamp") for m in messages if m[0] == "execution_start"
-                  and isinstance(m[1], dict)), None)
-    end = last_data.get("timestamp") if isinstance(last_data, dict) else None
-    fields = {"outputs": outputs_from_history(entry), "started_ms": start, "finished_ms": end}
+    start = next((m[1].get("timestamp") for m in messages if m[0] == "execution_start"), None)
+    cached = next((m[1].get("nodes") for m in messages if m[0] == "execution_cached"), None)
+    end = last_data.get("timestamp")
+    executed = last_data.get("executed") if last_kind in ("execution_error", "execution_interrupted") else None
+    fields = {"outputs": outputs_from_history(entry), "graph": _graph_of(entry),
+              "started_ms": start if isinstance(start, (int, float)) else None,
+              "finished_ms": end if isinstance(end, (int, float)) else None,
+              "cached": [str(n) for n in cached] if isinstance(cached, list) else None,
+              "executed": [str(n) for n in executed] if isinstance(executed, list) else None}
     if status.get("status_str") == "success" or status.get("completed") is True:
         return "completed", fields
     if last_kind == "execution_interrupted":
         return "interrupted", fields
-    if last_kind == "execution_error" and isinstance(last_data, dict):
+    if last_kind == "execution_error":
         fields["error"] = error_from_payload(last_data, _graph_of(entry))
         return "failed", fields
     if status.get("status_str") == "error":

@@ -18,7 +18,7 @@ from .jobs import FINISHED as TERMINAL  # the four end states and stalled: nothi
 from .jobs import EventBus, JobStore, StoreError
 from .listener import Listener
 from .telemetry import Telemetry
-from .timeutil import iso_from_epoch, iso_from_epoch_ms, utcnow_iso
+from .timeutil import epoch_from_iso, iso_from_epoch, iso_from_epoch_ms, utcnow_iso
 from .tracker import Tracker
 from .workflows import load_workflows
 
@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 EVENT_SEVERITY = {"completed": "info", "failed": "error", "interrupted": "warning",
                   "cancelled": "warning", "stalled": "warning"}
 LINGER_S = 30.0        # finished prompts stay in the tracker this long (late previews, the final frame)
+STALLED_KEEP_S = 600.0  # a stalled job is watched this long in case ComfyUI reports it after all
 MISSES_BEFORE_LOST = 2  # reconciles in a row that must not find a job before it is declared stalled
+STALLED_RECHECK_S = 15.0
+STALLED_ASKS_PER_PASS = 10
+HISTORY_TRIES = 3       # a superseded prompt's /history entry is written before the next starts; retry briefly
 
 
 class SubmitError(Exception):
@@ -74,7 +78,8 @@ class Monitor:
         self._cancel_requested: set[str] = set()
         self._graphless: set[str] = set()  # known only from a message so far: /queue has the graph
         self._finished: dict[str, float] = {}
-        self._positions: dict[str, int] = {}
+        self._seen_pending: dict[str, int] = {}   # prompt id → connection epoch it was last seen pending in
+        self._stalled: dict[str, float] = {}      # recently stalled → when its /history was last asked
         self._disconnects = 0          # bumped on every lost connection
         self._reconciled_epoch = 0     # the _disconnects value the last full reconcile accounted for
         self._wake = gevent.event.Event()
@@ -111,9 +116,11 @@ class Monitor:
         """After our own restart: put every job we believed active back into the tracker. The
         reconciler then asks ComfyUI what became of each; nothing is declared stalled blindly."""
         for job in self.store.active():
+            # What we learned before going down: ComfyUI's start time and the nodes it said were cached.
             self.tracker.register(job["id"], job.get("graph"), job.get("outputs_to_execute"),
                                   number=job.get("number"), client_id=job.get("client_id"),
-                                  status=job["status"])
+                                  status=job["status"], started=epoch_from_iso(job.get("started_at")),
+                                  cached=job.get("cached_nodes"))
             if not job.get("graph"):
                 self._graphless.add(job["id"])
 
@@ -128,12 +135,29 @@ class Monitor:
         views keep one rendering per job instead of re-rendering a long queue on every poll."""
         generation = self.store.generation
         out = []
-        for job in self.store.active(graph=False):
+        for job, position in self._with_positions(self.store.active(graph=False)):
             pid = job["id"]
-            version = (generation, self.tracker.stamp(pid),
-                       self._positions.get(pid) if job["status"] == "queued" else None)
-            out.append((pid, version, lambda job=job: self._decorate(job, brief=True)))
+            version = (generation, self.tracker.stamp(pid), position)
+            out.append((pid, version, lambda job=job, position=position: self._decorate(job, position, brief=True)))
         return out
+
+    @staticmethod
+    def _with_positions(active: list[dict]):
+        """Queue positions follow the store's run order (ComfyUI's numbers; a job still being posted is
+        last): 1..N over the queued jobs, so the list never shows a gap, a duplicate or a stale number."""
+        position = 0
+        for job in active:
+            if job["status"] == "queued":
+                position += 1
+                yield job, position
+            else:
+                yield job, None
+
+    def _position(self, job_id: str) -> int | None:
+        for job, position in self._with_positions(self.store.active(graph=False)):
+            if job["id"] == job_id:
+                return position
+        return None
 
     def current_job(self) -> dict | None:
         """The running job (the one ComfyUI runs; the first by queue order if we believe in several)."""
@@ -144,7 +168,9 @@ class Monitor:
 
     def get_job(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)
-        return self._decorate(job) if job else None
+        if not job:
+            return None
+        return self._decorate(job, self._position(job_id) if job["status"] == "queued" else None)
 
     def history(self, limit: int = 50, status: str | None = None) -> list[dict]:
         return [self._decorate(j, brief=True) for j in self.store.history(limit=limit, status=status, graph=False)]
@@ -170,11 +196,11 @@ class Monitor:
                 "jobs": [s for s in self.tracker.active() if s],
                 "last_seq": self.events.last_seq()}
 
-    def _decorate(self, job: dict, brief: bool = False) -> dict:
+    def _decorate(self, job: dict, position: int | None = None, brief: bool = False) -> dict:
         job = dict(job)
         state = self.tracker.state(job["id"]) if job["status"] not in TERMINAL else None
         job["progress"] = state
-        job["queue_position"] = self._positions.get(job["id"]) if job["status"] == "queued" else None
+        job["queue_position"] = position if job["status"] == "queued" else None
         if brief:
             job.pop("graph", None)
         return job
@@ -235,26 +261,37 @@ class Monitor:
         return self.get_job(prompt_id)
 
     def cancel(self, job_id: str) -> dict:
+        """Interrupt a running job or remove a queued one. Only what ComfyUI accepted leaves a trace:
+        a refused or failed request changes nothing, now or later."""
         job = self.store.get(job_id)
         if job is None:
             raise KeyError(job_id)
         if job["status"] in TERMINAL:
             raise SubmitError(409, f"job is already {job['status']}", job=self._decorate(job))
-        self._cancel_requested.add(job_id)
         view = reconciler.fetch_queue(self.comfy)
         if view is None:
             raise SubmitError(502, "ComfyUI is not reachable; nothing was cancelled")
         running = {e[1] for e in view.running}
         pending = {e[1] for e in view.pending}
-        if self.comfy.features.cancel_api:
-            try:
+        if job_id not in running and job_id not in pending:
+            # Not queued any more: it has just finished (its /history says how), or ComfyUI lost it.
+            if self._settle_from_history(job_id):
+                settled = self.get_job(job_id)
+                raise SubmitError(409, f"job is already {settled['status']}", job=settled)
+            if job_id in self._posting:
+                raise SubmitError(409, "the job is still being submitted to ComfyUI; try again in a moment")
+            self._settle(job_id, "cancelled", reason="ComfyUI no longer had it queued when cancel was asked")
+            return self.get_job(job_id)
+        try:
+            if self.comfy.features.cancel_api:
                 self.comfy.cancel_job(job_id)
-            except (ComfyRejected, ComfyUnavailable) as exc:
-                raise SubmitError(502, f"ComfyUI refused the cancel: {exc}")
-        elif job_id in running:
-            self.comfy.interrupt(job_id)
-        elif job_id in pending:
-            self.comfy.delete_pending([job_id])
+            elif job_id in running:
+                self.comfy.interrupt(job_id)
+            else:
+                self.comfy.delete_pending([job_id])
+        except (ComfyRejected, ComfyUnavailable) as exc:
+            raise SubmitError(502, f"ComfyUI refused the cancel; nothing was cancelled: {exc}")
+        self._cancel_requested.add(job_id)   # ComfyUI took the request
         if job_id in running:
             # It ends `interrupted` when ComfyUI confirms (execution_interrupted or /history).
             self.events.emit("job.cancel_requested", f"Interrupt sent for job {job_id[:8]}",
@@ -263,7 +300,10 @@ class Monitor:
             after = reconciler.fetch_queue(self.comfy)
             if after is not None and job_id in {e[1] for e in after.running}:
                 # It started between our two looks: interrupt it instead.
-                self.comfy.interrupt(job_id)
+                try:
+                    self.comfy.interrupt(job_id)
+                except ComfyUnavailable as exc:
+                    log.warning("interrupting %s after it started failed: %s", job_id, exc)
             elif after is not None and job_id not in after.ids:
                 self._settle(job_id, "cancelled")
         self._wake.set()
@@ -309,12 +349,21 @@ class Monitor:
             if job is None:
                 job = self._adopt_unknown(pid)
             if kind == "started":
-                self._mark_running(job, data.get("started_at"))
+                self._mark_running(pid, data.get("started_at"))
+            elif kind == "revived":
+                self._revive(pid, "ComfyUI sent its progress after all")
+            elif kind == "cached":
+                # Stored when it arrives: a monitor restarted mid-run still knows which nodes will run.
+                self.store.update(pid, cached_nodes=list(data.get("nodes") or []))
             elif kind == "node_output":
                 outputs = [o for o in job.get("outputs") or [] if o.get("node_id") != data.get("node_id")]
                 outputs.append(data["entry"])
                 self.store.update(pid, outputs=outputs)
             elif kind == "hint_finished":
+                if data.get("reason") == "superseded" and job["status"] == "running":
+                    # Another prompt started, so this one has ended: settle it before the next is
+                    # marked running (readers never see two running jobs on one ComfyUI).
+                    self._settle_superseded(pid)
                 self._wake.set()  # ended or superseded without a terminal message: /history decides
             elif kind == "blocked":
                 self.events.emit("job.blocked", f"Job {pid[:8]}: a node was blocked: "
@@ -324,6 +373,12 @@ class Monitor:
                 self._settle(pid, kind, error=data.get("error"), outputs=data.get("outputs"),
                              finished_at=data.get("finished_at"), from_tracker=True)
 
+    def _settle_superseded(self, pid: str) -> None:
+        for attempt in range(HISTORY_TRIES):
+            if self._settle_from_history(pid) is not False:   # settled, or ComfyUI unreachable
+                return
+            gevent.sleep(0.05 * (attempt + 1))
+
     def _adopt_unknown(self, pid: str) -> dict:
         """A message for a prompt we have never seen (a script posting without client id, or one
         queued while we were down): record it now; the reconciler fills in its graph."""
@@ -331,21 +386,94 @@ class Monitor:
         self._graphless.add(pid)
         return self.store.create({"id": pid, "source": "external", "status": "queued"})
 
-    def _mark_running(self, job: dict, started_at: str | None = None) -> None:
-        if job["status"] != "queued":
+    def _mark_running(self, pid: str, started_at: str | None = None) -> None:
+        """queued → running, once, whoever sees it first (the tracker's message or /queue): the store
+        checks the current status in the same transaction, so a stale copy cannot repeat it."""
+        job = self.store.transition(pid, {"queued"}, status="running", started_at=started_at or utcnow_iso())
+        if job is None:
+            if started_at:  # already running: ComfyUI's own start time may still be earlier than ours
+                self.store.transition(pid, {"running"}, started_at=started_at)
             return
-        started_at = started_at or utcnow_iso()
-        job = self.store.update(job["id"], status="running", started_at=started_at)
-        if job and job.get("job_folder"):
-            markers.write_marker(self.config.comfyui_output_dir, job["job_folder"], job["id"], started_at)
-        self.events.emit("job.started", f"Job {job['id'][:8]} started", data={"id": job["id"]})
+        if job.get("job_folder"):
+            markers.write_marker(self.config.comfyui_output_dir, job["job_folder"], pid, job["started_at"])
+        self.events.emit("job.started", f"Job {pid[:8]} started", data={"id": pid})
+
+    def _revive(self, pid: str, why: str, status: str = "queued") -> dict | None:
+        """A job we declared stalled that ComfyUI reports after all takes that state, and says why."""
+        with self._lock:
+            old = self.store.get(pid)
+            if old is None or old["status"] != "stalled":
+                return None
+            job = self.store.transition(pid, {"stalled"}, status=status,
+                                        status_reason=f"{why} (it had been marked stalled: {old['status_reason']})")
+            if job is None:
+                return None
+            self._stalled.pop(pid, None)
+            self.tracker.register(pid, job.get("graph"), job.get("outputs_to_execute"), number=job.get("number"),
+                                  client_id=job.get("client_id"), status=status,
+                                  started=epoch_from_iso(job.get("started_at")), cached=job.get("cached_nodes"))
+            self.events.emit("job.recovered", f"Job {pid[:8]} is known to ComfyUI again: {why}",
+                             severity="warning", data={"id": pid, "status": status})
+            return job
+
+    def _settle_from_history(self, pid: str) -> bool | None:
+        """Settle a job from its /history entry: True if settled, False if ComfyUI has no entry,
+        None if ComfyUI could not be asked."""
+        reached, entry = reconciler.fetch_history(self.comfy, pid)
+        if not reached:
+            return None
+        if entry is None:
+            return False
+        status, fields = reconciler.settlement_from_history(entry)
+        self._settle(pid, status, error=fields.get("error"), outputs=fields.get("outputs"),
+                     finished_at=iso_from_epoch_ms(fields.get("finished_ms")),
+                     started_at=iso_from_epoch_ms(fields.get("started_ms")), history=fields)
+        return True
+
+    def _correct_from_history(self, pid: str, delays=(0.2, 0.5, 1.0, 2.0, 4.0)) -> None:
+        """Start time, cached nodes and node counts of a finished job, from its /history entry."""
+        for delay in delays:
+            gevent.sleep(delay)
+            reached, entry = reconciler.fetch_history(self.comfy, pid)
+            if entry is None:
+                continue
+            status, fields = reconciler.settlement_from_history(entry)
+            with self._lock:
+                job = self.store.get(pid)
+                if job is None or job["status"] not in TERMINAL:
+                    return
+                graph = job.get("graph") or fields.get("graph")
+                total, done = self.tracker.node_counts(graph, job.get("outputs_to_execute"), fields.get("cached"),
+                                                       job["status"], fields.get("executed"))
+                update = {"started_at": iso_from_epoch_ms(fields.get("started_ms"))}
+                if fields.get("cached") is not None:
+                    update["cached_nodes"] = fields["cached"]
+                if total is not None:
+                    update.update(node_total=total, node_done=done)
+                self.store.update(pid, **{k: v for k, v in update.items() if v is not None})
+            return
 
     def _settle(self, pid: str, status: str, *, error=None, outputs=None, finished_at=None,
-                reason: str | None = None, started_at=None, from_tracker: bool = False) -> None:
+                reason: str | None = None, started_at=None, from_tracker: bool = False,
+                history: dict | None = None) -> None:
         with self._lock:
             job = self.store.get(pid)
             if job is None or (job["status"] in TERMINAL and job["status"] != "stalled"):
                 return
+            if job["status"] == "stalled" and status == "stalled":
+                return
+            if job["status"] == "stalled" and not from_tracker:
+                # Re-open the tracker's frozen stall, so that the real end is counted from scratch.
+                self.tracker.register(pid, job.get("graph"), job.get("outputs_to_execute"), status="running",
+                                      started=epoch_from_iso(job.get("started_at")),
+                                      cached=job.get("cached_nodes"))
+            if history is not None:
+                started = history.get("started_ms")
+                self.tracker.apply_history(pid, graph=history.get("graph"), cached=history.get("cached"),
+                                           executed=history.get("executed"),
+                                           started=started / 1000.0 if started is not None else None)
+            if not from_tracker:
+                self.tracker.finish(pid, status, error=error, outputs=outputs)
             fields: dict = {"status": status}
             if error is not None:
                 fields["error"] = error
@@ -353,23 +481,35 @@ class Monitor:
                 fields["outputs"] = outputs
             if finished_at:
                 fields["finished_at"] = finished_at
-            if started_at and not job.get("started_at"):
-                fields["started_at"] = started_at
+            if started_at:
+                fields["started_at"] = started_at  # the store keeps the earlier of two start times
             if reason:
                 fields["status_reason"] = reason
+            elif job["status"] == "stalled":
+                fields["status_reason"] = f"ComfyUI reported how it ended after it had been marked stalled " \
+                                          f"({job['status_reason']})"
+            if history is not None and history.get("cached") is not None:
+                fields["cached_nodes"] = history["cached"]
             state = self.tracker.state(pid)
-            if state:
+            if state:  # the frozen state: node counts as the run ended (None where not knowable)
                 fields["node_total"] = state.get("nodes_total")
-                fields["node_done"] = state.get("nodes_done")
+                fields["node_done"] = state.get("nodes_done") if state.get("nodes_total") is not None else None
+                if state.get("nodes_uncertain") and status != "stalled" and history is None:
+                    # A run we joined late ended by its message: /history has its start time and cached
+                    # nodes (written moments after that message), so the record can still be made exact.
+                    gevent.spawn(self._correct_from_history, pid)
             job = self.store.update(pid, **fields)
-            if not from_tracker:
-                self.tracker.finish(pid, status, error=error, outputs=outputs)
             if status == "completed" and job.get("job_folder"):
                 markers.remove_marker(self.config.comfyui_output_dir, job["job_folder"])
             self._finished[pid] = time.time()
             self._missing.pop(pid, None)
             self._cancel_requested.discard(pid)
             self._graphless.discard(pid)
+            self._seen_pending.pop(pid, None)
+            if status == "stalled":
+                self._stalled[pid] = time.time()
+            else:
+                self._stalled.pop(pid, None)
             message = f"Job {pid[:8]} {status}"
             if status == "failed" and isinstance(error, dict) and error.get("message"):
                 where = error.get("node_title") or error.get("node_type")
@@ -413,35 +553,44 @@ class Monitor:
         # Read before asking ComfyUI: a connection lost while we ask must not count as accounted for.
         epoch = self._disconnects
         # Jobs and submissions as they were *before* asking: one posted meanwhile is missing from this view
-        # without being lost (and right after a reconnect it would be declared lost at once).
+        # without being lost (and right after a reconnect it would be declared lost at once). Only used to
+        # find missing jobs: every transition below re-checks the current state.
         candidates = self.store.active(graph=False)
         posting = set(self._posting)
         view = reconciler.fetch_queue(self.comfy)
         if view is None:
-            return
+            return   # ComfyUI could not be asked, or answered something unreadable: nothing is known
         running_ids = {e[1] for e in view.running}
+        for entry in view.pending:
+            self._seen_pending[entry[1]] = epoch
+        # Jobs that left the queue are settled first, so that the one ComfyUI runs now is never
+        # marked running while its predecessor still reads running.
+        restarted = epoch != self._reconciled_epoch
+        complete = self._settle_missing(candidates, view, posting, epoch, restarted)
         with self._lock:
-            self._positions = view.positions()
             known = {j["id"]: j for j in candidates}
             for entry in view.running + view.pending:
                 self._adopt_or_refresh(entry, entry[1] in running_ids, known.get(entry[1]))
-        # A job that vanished from queue *and* history across a lost connection was lost by a restart.
-        restarted = epoch != self._reconciled_epoch
+        self._recheck_stalled(view)
+        if complete and self._disconnects == epoch:
+            self._reconciled_epoch = epoch
+        self.reconciled_at = time.time()
+        self._push_progress()
+
+    def _settle_missing(self, candidates, view, posting, epoch, restarted) -> bool:
+        """Settle the jobs ComfyUI's queue no longer lists, from /history or as lost. False if some
+        could not be asked about (they are asked again next time)."""
         complete = True
         for job in candidates:
             pid = job["id"]
             if pid in view.ids or pid in posting or pid in self._posting:
                 self._missing.pop(pid, None)
                 continue
-            reached, entry = reconciler.fetch_history(self.comfy, pid)
-            if not reached:
-                complete = False  # asked again next time, still knowing about the restart
+            settled = self._settle_from_history(pid)
+            if settled is None:
+                complete = False
                 continue
-            if entry is not None:
-                status, fields = reconciler.settlement_from_history(entry)
-                self._settle(pid, status, error=fields.get("error"), outputs=fields.get("outputs"),
-                             finished_at=iso_from_epoch_ms(fields.get("finished_ms")),
-                             started_at=iso_from_epoch_ms(fields.get("started_ms")))
+            if settled:
                 continue
             job = self.store.get(pid)
             if job is None or job["status"] not in ("queued", "running"):
@@ -451,13 +600,34 @@ class Monitor:
                 self._settle(pid, "cancelled")
                 continue
             misses = self._missing[pid] = self._missing.get(pid, 0) + 1
-            if misses >= MISSES_BEFORE_LOST or restarted:
-                self._settle(pid, "stalled",
-                             reason=reconciler.RESTART_REASON if restarted else reconciler.LOST_REASON)
-        if complete and self._disconnects == epoch:
-            self._reconciled_epoch = epoch
-        self.reconciled_at = time.time()
-        self._push_progress()
+            if restarted:
+                self._settle(pid, "stalled", reason=reconciler.RESTART_REASON)
+            elif misses >= MISSES_BEFORE_LOST:
+                if (job["status"] == "queued" and self._seen_pending.get(pid) == epoch
+                        and self._disconnects == epoch):
+                    # Seen pending, then gone from queue and history while we stayed connected:
+                    # someone deleted it (ComfyUI's UI, another client). That is a cancel, not a loss.
+                    self._settle(pid, "cancelled", reason=reconciler.REMOVED_REASON)
+                else:
+                    self._settle(pid, "stalled", reason=reconciler.LOST_REASON)
+        return complete
+
+    def _recheck_stalled(self, view) -> None:
+        """A job declared stalled that ComfyUI has in its history after all takes that state (one listed
+        in the queue again was revived by _adopt_or_refresh). Each is asked about every STALLED_RECHECK_S
+        for STALLED_KEEP_S, at most STALLED_ASKS_PER_PASS per reconcile."""
+        now, asks = time.time(), 0
+        for pid, asked in sorted(self._stalled.items(), key=lambda kv: kv[1]):
+            if asks >= STALLED_ASKS_PER_PASS:
+                break
+            if pid in view.ids or now - asked < STALLED_RECHECK_S:
+                continue
+            if now - self._finished.get(pid, 0.0) > STALLED_KEEP_S:
+                self._stalled.pop(pid, None)
+                continue
+            self._stalled[pid] = now
+            asks += 1
+            self._settle_from_history(pid)
 
     def _adopt_or_refresh(self, entry: list, running: bool, brief: dict | None = None) -> None:
         """`brief`: the job as the active list has it (no graph), so that a long queue of jobs we
@@ -469,6 +639,10 @@ class Monitor:
             job = brief
         else:
             job = self.store.get(pid)
+        if job is not None and job["status"] == "stalled":
+            job = self._revive(pid, "ComfyUI lists it in its queue again") or job
+        if job is not None and job["status"] not in ("queued", "running"):
+            return   # settled meanwhile; /queue lags a finished prompt only by moments
         if job is None or pid in self._graphless or (brief is None and not job.get("graph")):
             mine = extra.get("client_id") == self.client_id
             created = iso_from_epoch_ms(extra.get("create_time")) if isinstance(
@@ -496,14 +670,18 @@ class Monitor:
             self.tracker.register(pid, graph, outputs, number=job.get("number"),
                                   client_id=job.get("client_id"), status=job["status"])
         if running and job["status"] == "queued":
-            # Foreign prompts send us no execution_start: /queue is how we learn they started.
+            # Foreign prompts send us no execution_start: /queue is how we learn they started. `job` may
+            # be a stale copy: _mark_running applies the transition only if it is still queued.
             self.tracker.register(pid, graph, outputs, number=job.get("number"),
                                   client_id=job.get("client_id"), status="running")
-            self._mark_running(job)
+            self._mark_running(pid)
 
     def _forget_finished(self) -> None:
         now = time.time()
         for pid, at in list(self._finished.items()):
+            if pid in self._stalled and now - at <= STALLED_KEEP_S:
+                continue  # kept, so that its messages still find it if ComfyUI runs it after all
+            self._stalled.pop(pid, None)
             if now - at > LINGER_S:
                 self.tracker.forget(pid)
                 del self._finished[pid]

@@ -3,8 +3,9 @@
 Memory stays bounded only if the service calls forget() for every prompt it has settled (after a
 short linger for late frames). A settled prompt keeps just its frozen ProgressState until then.
 
-Transition kinds: started, cached, node_output, completed, failed, interrupted; finish() may also
-emit cancelled / stalled; "blocked" = an ExecutionBlocked error (the run goes on); "hint_finished"
+Transition kinds: started (also re-sent when ComfyUI's own start time arrives), cached (the full list,
+whenever it is learned), node_output, completed, failed, interrupted; finish() may also emit
+cancelled / stalled; "revived" = a prompt settled as stalled that ComfyUI reports again; "blocked" = an ExecutionBlocked error (the run goes on); "hint_finished"
 = `executing {node: null}` for a prompt that got no terminal message (reason "executing_null"),
 or a new prompt started while this one was still running (reason "superseded"): confirm via /history.
 """
@@ -43,7 +44,7 @@ class Preview:
 
 class _Prompt:
     __slots__ = ("id", "graph", "outputs_to_execute", "number", "client_id", "status", "started",
-                 "finished", "updated", "cached", "effective", "done", "ps", "node", "display",
+                 "comfy_started", "finished", "updated", "cached", "cached_known", "effective", "done", "ps", "node", "display",
                  "step", "step_node", "step_at", "intervals", "floor", "outputs", "frozen")
 
     def __init__(self, prompt_id: str, now: float):
@@ -53,10 +54,14 @@ class _Prompt:
         self.number: float | None = None
         self.client_id: str | None = None
         self.status = "queued"
-        self.started: float | None = None
+        self.started: float | None = None        # our clock: elapsed time is measured on it
+        self.comfy_started: float | None = None  # ComfyUI's execution_start timestamp: the record's start
         self.finished: float | None = None
         self.updated = now
         self.cached: list[str] = []
+        # False until ComfyUI's execution_cached (live, persisted, or from /history) says which nodes
+        # will not run: until then the node total is only an upper bound and the bar follows steps.
+        self.cached_known = False
         self.effective: set[str] | None = None   # None = graph unknown
         self.done: set[str] = set()               # nodes known finished (any node id)
         self.ps: dict[str, tuple[str, float, float]] | None = None   # last progress_state snapshot
@@ -106,14 +111,24 @@ class Tracker:
 
     # --- registration and lifecycle ------------------------------------------------------------
     def register(self, prompt_id, graph: dict | None, outputs_to_execute: list[str] | None = None,
-                 number: float | None = None, client_id: str | None = None, status="queued") -> None:
-        """Add a prompt or fill in what is known about it. Never moves a prompt backwards."""
+                 number: float | None = None, client_id: str | None = None, status="queued",
+                 started: float | None = None, cached: list | None = None) -> None:
+        """Add a prompt or fill in what is known about it. Never moves a prompt backwards, except a
+        stalled one that ComfyUI reports again (status queued/running). `started` (epoch s) and
+        `cached` (node ids) are what an earlier run of the monitor learned and stored."""
         if not _str(prompt_id):
             return
         self._forget_undo(prompt_id)
         p = self._prompts.get(prompt_id)
         if p is None:
             p = self._prompts[prompt_id] = _Prompt(prompt_id, self._clock())
+        if p.frozen is not None and p.status == "stalled" and status in ("queued", "running"):
+            self._revive(p)
+        if isinstance(cached, list) and p.frozen is None:
+            self._set_cached(p, cached)
+        if _num(started) is not None and p.frozen is None:
+            p.started = min(p.started, _num(started)) if p.started is not None else _num(started)
+            p.comfy_started = p.comfy_started or _num(started)
         if isinstance(graph, dict) and graph is not p.graph and p.frozen is None:
             if p.graph is None:
                 p.floor = None  # the percent's basis changes from step-only to the node count
@@ -162,6 +177,24 @@ class Tracker:
             self._forgotten.append(prompt_id)
             self._forgotten_set.add(prompt_id)
 
+    def apply_history(self, prompt_id, graph: dict | None = None, cached: list | None = None,
+                      executed: list | None = None, started: float | None = None) -> None:
+        """What a /history entry tells about a run we did not see to the end: its graph, the nodes it
+        took from the cache, the nodes that ran to completion and ComfyUI's start time. Call before
+        finish(), so that the frozen state counts nodes right."""
+        p = self._get(_str(prompt_id), register=True)
+        if p is None or p.frozen is not None:
+            return
+        if isinstance(graph, dict) and p.graph is None:
+            p.graph, p.effective = graph, None
+        if isinstance(cached, list):
+            self._set_cached(p, cached)
+        if isinstance(executed, list):
+            p.done.update(n for n in executed if isinstance(n, str))
+        if _num(started) is not None:
+            p.comfy_started = _num(started)
+            p.started = min(p.started, p.comfy_started) if p.started is not None else p.comfy_started
+
     def on_reconnect(self) -> None:
         """Steps sent while we were away are gone: keep the state, restart the step timing."""
         for p in self._prompts.values():
@@ -194,9 +227,19 @@ class Tracker:
 
     def _on_start(self, data, out):
         p = self._get(_str(data.get("prompt_id")), register=True)
-        if p is None or p.frozen is not None:
+        if p is None:
             return
+        if p.frozen is not None:
+            if p.status != "stalled":
+                return
+            self._revive(p, out)
+        at = _num(data.get("timestamp"))
+        was_running = p.status == "running"
+        if at is not None:
+            p.comfy_started = at / 1000.0
         self._make_running(p, out)
+        if was_running and at is not None:  # already marked running (from /queue): the exact start time
+            out.append(Transition("started", p.id, {"started_at": iso_from_epoch(p.comfy_started)}))
         self._touch(p)
 
     def _on_cached(self, data, out):
@@ -205,10 +248,9 @@ class Tracker:
         if p is None or not isinstance(nodes, list):
             return
         new = [n for n in dict.fromkeys(n for n in nodes if isinstance(n, str)) if n not in p.cached]
-        if new:
-            p.cached.extend(new)
-            p.effective = None
-            out.append(Transition("cached", p.id, {"nodes": list(new)}))
+        if new or not p.cached_known:
+            self._set_cached(p, p.cached + new)
+            out.append(Transition("cached", p.id, {"nodes": list(p.cached)}))
         self._touch(p)
 
     def _on_executing(self, data, out):
@@ -331,6 +373,8 @@ class Tracker:
     def _live(self, prompt_id, out) -> _Prompt | None:
         """The prompt a message is about, registered if unknown and marked running; None if settled."""
         p = self._get(_str(prompt_id), register=True)
+        if p is not None and p.frozen is not None and p.status == "stalled":
+            self._revive(p, out)
         if p is None or p.frozen is not None:
             return None
         if p.status != "running" or self._running != p.id:
@@ -345,7 +389,21 @@ class Tracker:
         self._running = p.id
         if p.status != "running":
             self._start(p)
-            out.append(Transition("started", p.id, {"started_at": iso_from_epoch(p.started)}))
+            out.append(Transition("started", p.id, {"started_at": iso_from_epoch(p.comfy_started or p.started)}))
+
+    def _revive(self, p: _Prompt, out: list | None = None) -> None:
+        """A prompt we settled as stalled is alive after all (ComfyUI lists it, or sends its messages)."""
+        p.frozen = None
+        p.status, p.finished = "queued", None
+        p.floor = None
+        if out is not None:
+            out.append(Transition("revived", p.id, {}))
+
+    def _set_cached(self, p: _Prompt, nodes: list) -> None:
+        p.cached = list(dict.fromkeys(n for n in nodes if isinstance(n, str)))
+        p.cached_known = True
+        p.effective = None
+        p.floor = None  # the percent's basis changes from steps alone to the node count
 
     def _start(self, p: _Prompt) -> None:
         p.status = "running"
@@ -393,7 +451,8 @@ class Tracker:
             self._running = None
         self._touch(p, now)
         p.frozen = self._build_state(p, now)
-        p.graph = p.ps = None  # what state() needs is frozen; drop the rest
+        if status != "stalled":  # a stalled prompt may be revived: it keeps what it needs to go on
+            p.graph = p.ps = None  # what state() needs is frozen; drop the rest
         data.update({"finished_at": iso_from_epoch(now), "outputs": list(p.outputs)})
         return Transition(status, p.id, data)
 
@@ -412,8 +471,10 @@ class Tracker:
             return 100.0
         effective = self._effective(p)
         raw = None
-        if effective is None:
-            if p.step is not None:  # graph unknown: the current node's steps are all we have
+        if effective is None or not p.cached_known:
+            # Graph unknown, or not known which nodes will run (a run we joined late): counting every
+            # node would stall the bar and then jump it; the current node's steps are honest.
+            if p.step is not None:
                 raw = 100.0 * p.step[0] / p.step[1]
         elif effective and (p.node in effective or p.step is not None or p.done & effective):
             raw = 100.0 * sum(self._fraction(p, n) for n in effective) / len(effective)
@@ -442,6 +503,7 @@ class Tracker:
 
     def _build_state(self, p: _Prompt, now: float) -> dict:
         effective = self._effective(p)
+        counted = effective is not None and p.cached_known
         percent = self._percent(p)
         rate = self._it_per_s(p) if p.frozen is None and p.status == "running" else None
         eta = (p.step[1] - p.step[0]) / rate if rate and p.step else None
@@ -456,17 +518,34 @@ class Tracker:
             "step": None if p.step is None else {"value": _int(p.step[0]), "max": _int(p.step[1])},
             "it_per_s": None if rate is None else round(rate, 3),
             "eta_s": None if eta is None else round(eta, 1),
-            "started_at": iso_from_epoch(p.started),
+            "started_at": iso_from_epoch(p.comfy_started or p.started),
             "elapsed_s": None if p.started is None else round(max(end - p.started, 0.0), 1),
-            "nodes_done": (len(p.done & effective) if effective is not None
-                           else sum(1 for s in (p.ps or {}).values() if s[0] == "finished")),
-            "nodes_total": None if effective is None else len(effective),
+            "nodes_done": (len(p.done & effective) if counted
+                           else sum(1 for s in (p.ps or {}).values() if s[0] == "finished") or len(p.done)),
+            "nodes_total": len(effective) if counted else None,
+            "nodes_uncertain": not counted,
             "cached_nodes": list(p.cached),
             "outputs": list(p.outputs),
             "updated_at": iso_from_epoch(p.updated),
         }
 
     # --- queries -------------------------------------------------------------------------------
+    def node_counts(self, graph, outputs_to_execute, cached, status: str,
+                    executed: list | None = None) -> tuple[int | None, int | None]:
+        """(total, done) of a finished run from what /history says of it: the nodes that really ran
+        (cached and instant ones excluded); done is None where the entry does not say."""
+        if not isinstance(graph, dict) or not isinstance(cached, list):
+            return None, None
+        skip = set(cached)
+        effective = {n for n in graphs.effective_nodes(graph, outputs_to_execute)
+                     if n not in skip and graphs.class_type(graph, n) not in self.instant_types}
+        if status == "completed":
+            return len(effective), len(effective)
+        if isinstance(executed, list):
+            return len(effective), len(effective & set(executed))
+        return len(effective), None
+
+
     def state(self, prompt_id) -> dict | None:
         p = self._prompts.get(prompt_id)
         if p is None:

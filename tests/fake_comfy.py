@@ -156,9 +156,19 @@ class FakeComfy(SimComfy):
         self.speed = speed
         self.scenarios = list(scenarios)
         self._scripted_answers: list[tuple[int, object]] = []
+        # (method, path) → callable run before ComfyUI handles that request: a test forces an
+        # interleaving by doing something (and waiting for the monitor) while the request is held.
+        # A hook that returns a response answers the request instead.
+        self.hooks: dict[tuple[str, str], object] = {}
         super().__init__(engine=self._engine(default), **kwargs)
+        self.app.before_request(self._run_hook)
         if start:
             self.start()
+
+    def _run_hook(self):
+        from flask import request
+        hook = self.hooks.get((request.method, request.path))
+        return hook() if hook is not None else None
 
     def answer_next_post(self, status: int, body) -> None:
         """Answer the next POST /prompt with a recorded response (e.g. 04b's validation errors) instead

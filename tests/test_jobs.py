@@ -127,7 +127,8 @@ def test_stalled_needs_a_reason_and_can_be_settled_later(store):
     with pytest.raises(ValueError):
         store.update("a", status="stalled")
     stalled = store.update("a", status="stalled", status_reason="ComfyUI restarted")
-    assert stalled["status"] == "stalled" and stalled["finished_at"] is None
+    # When the monitor decided, so that history sorts it where it happened and shows how long it ran.
+    assert stalled["status"] == "stalled" and stalled["finished_at"] and stalled["duration_s"] > 0
     settled = store.update("a", status="completed", finished_at="2026-01-01T00:01:00+00:00")
     assert settled["status"] == "completed"
     assert settled["status_reason"] is None
@@ -140,6 +141,52 @@ def test_stalled_job_can_be_reattached(store):
     store.update("a", status="stalled", status_reason="not in /queue")
     again = store.update("a", status="running", started_at="2026-01-01T00:00:00+00:00")
     assert (again["status"], again["status_reason"], again["finished_at"]) == ("running", None, None)
+
+
+def test_a_stall_decision_time_is_not_taken_as_the_real_end(store):
+    store.create(job("a"))
+    store.update("a", status="running", started_at="2026-01-01T00:00:00+00:00")
+    store.update("a", status="stalled", status_reason="lost")
+    # Settled later without an end time of its own: it ends now, not when it was declared stalled.
+    done = store.update("a", status="failed")
+    assert done["finished_at"] > "2026-11-01"
+
+
+def test_transition_applies_only_from_the_current_state(store):
+    store.create(job("a"))
+    first = store.transition("a", {"queued"}, status="running", started_at="2026-01-01T00:00:05+00:00")
+    assert first["status"] == "running"
+    # A second caller holding a stale "queued" copy: nothing happens, not even the start time.
+    assert store.transition("a", {"queued"}, status="running", started_at="2026-01-01T00:00:09+00:00") is None
+    assert store.get("a")["started_at"] == "2026-01-01T00:00:05+00:00"
+    assert store.transition("missing", {"queued"}, status="running") is None
+
+
+def test_a_start_time_never_moves_forward(store):
+    store.create(job("a"))
+    store.update("a", status="running", started_at="2026-01-01T00:00:05+00:00")
+    store.update("a", started_at="2026-01-01T00:00:09+00:00")
+    assert store.get("a")["started_at"] == "2026-01-01T00:00:05+00:00"
+    store.update("a", started_at="2026-01-01T00:00:02+00:00")   # ComfyUI's own, earlier: taken
+    assert store.get("a")["started_at"] == "2026-01-01T00:00:02+00:00"
+
+
+def test_schema_2_adds_cached_nodes_to_an_existing_database(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO jobs (id, status, queued_at) VALUES ('old', 'running', '2026-01-01T00:00:00+00:00')")
+    conn.commit()
+    conn.close()
+    store = JobStore(path)
+    try:
+        assert store.get("old")["cached_nodes"] is None
+        assert store.update("old", cached_nodes=["1", "2"])["cached_nodes"] == ["1", "2"]
+    finally:
+        store.close()
 
 
 def test_active_order(store):
@@ -159,8 +206,9 @@ def test_history_order_limit_and_filter(store):
     store.update("old", status="completed", finished_at="2026-01-01T00:10:00+00:00")
     store.create(job("new", queued_at="2026-01-01T00:01:00+00:00"))
     store.update("new", status="failed", finished_at="2026-01-01T00:20:00+00:00")
-    store.create(job("stalled", queued_at="2026-01-01T00:15:00+00:00"))  # no finished_at: queued_at counts
-    store.update("stalled", status="stalled", status_reason="lost")
+    store.create(job("stalled", queued_at="2026-01-01T00:15:00+00:00"))
+    # Declared stalled 00:12: sorted by when the monitor decided, not by when it was queued.
+    store.update("stalled", status="stalled", status_reason="lost", finished_at="2026-01-01T00:12:00+00:00")
     store.create(job("still-queued"))
     assert [j["id"] for j in store.history()] == ["new", "stalled", "old"]
     assert [j["id"] for j in store.history(limit=2)] == ["new", "stalled"]
