@@ -670,6 +670,12 @@ class Monitor:
             self.tracker.register(pid, graph, outputs, number=job.get("number"),
                                   client_id=job.get("client_id"), status=job["status"])
         if running and job["status"] == "queued":
+            now_running = self.tracker.running_id()
+            if now_running is not None and now_running != pid:
+                # Another prompt started after this /queue answer was read: this one has ended since.
+                # Marking it running would show two running jobs; its /history settles it next time.
+                self._wake.set()
+                return
             # Foreign prompts send us no execution_start: /queue is how we learn they started. `job` may
             # be a stale copy: _mark_running applies the transition only if it is still queued.
             self.tracker.register(pid, graph, outputs, number=job.get("number"),

@@ -6,7 +6,7 @@ import gevent
 import requests
 
 from fake_comfy import FakeComfy
-from live import LiveServer, wait_for
+from live import LiveServer, recorded_prompt, wait_for
 from monitor import reconciler
 from monitor.timeutil import epoch_from_iso, iso_from_epoch_ms
 
@@ -227,6 +227,29 @@ def test_4_the_job_that_ran_before_is_settled_before_the_next_is_marked_running(
         server.wait_status(second.prompt_id, "completed", timeout=30)
         assert seen_running and all(len(ids) <= 1 for ids in seen_running), seen_running
         assert len(events_of(server, second.prompt_id, "job.started")) == 1
+    finally:
+        server.stop_app()
+        fake.stop()
+
+
+def test_4_a_prompt_that_starts_without_telling_us_the_last_one_ended_settles_that_one_first(tmp_path):
+    # Prompts posted without a client id: ComfyUI broadcasts their progress but no start or end message,
+    # so the tracker learns of the end of one only when the next one's progress arrives.
+    fake = FakeComfy(paused=True)
+    server = LiveServer(fake, str(tmp_path / "data"), reconcile_interval=60)
+    try:
+        wait_for(lambda: server.monitor.reconciled_at, what="the first reconcile")
+        for greenlet in server.monitor._greenlets:   # only the listener's path is under test
+            greenlet.kill()
+        first = fake.enqueue(recorded_prompt(), client_id=None)
+        second = fake.enqueue(recorded_prompt(), client_id=None)
+        seen_running = []
+        fake.hooks[("GET", f"/history/{first.prompt_id}")] = lambda: seen_running.append(running_ids(server))
+        fake.resume()
+        server.wait_status(first.prompt_id, "completed", timeout=30)
+        server.wait_status(second.prompt_id, "running")
+        assert seen_running and all(len(ids) <= 1 for ids in seen_running), seen_running
+        assert running_ids(server) == [second.prompt_id]
     finally:
         server.stop_app()
         fake.stop()
