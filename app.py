@@ -12,11 +12,11 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
-from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from monitor import configure_logging, create_app  # noqa: E402
 from monitor.config import Config  # noqa: E402
 from monitor.jobs import StoreError  # noqa: E402
+from monitor.web.server import make_server, raise_fd_limit  # noqa: E402
 
 log = logging.getLogger("monitor")
 
@@ -55,7 +55,10 @@ def main(argv=None) -> int:
     if demo is not None:
         from monitor.demo import drive_monitor
         drive_monitor(app.extensions["monitor"], demo, every_s=4.0)
-    server = WSGIServer((config.host, config.port), app, log=None)
+    old, new = raise_fd_limit()
+    if new != old:
+        log.info("open-file limit raised from %d to %d", old, new)
+    server = make_server(app)
     server.start()
     host = f"[{config.host}]" if ":" in config.host else config.host
     log.info("serving on http://%s:%d/admin/queue (ComfyUI: %s)", host, server.server_port, config.comfy_base)

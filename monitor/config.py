@@ -23,6 +23,32 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}")
 
 
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}")
+    if not value > minimum or value == float("inf"):
+        raise SystemExit(f"{name} must be a number above {minimum:g}, got {raw!r}")
+    return value
+
+
+def _public_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SystemExit(f"MONITOR_PUBLIC_URL must look like https://monitor.example.com, got {raw!r}")
+    return raw
+
+
 def _csv(raw: str | None) -> frozenset[str]:
     return frozenset(p.strip() for p in (raw or "").split(",") if p.strip())
 
@@ -40,6 +66,16 @@ class Config:
     token: str | None = None
     allow_open: bool = False
     demo: bool = False
+    # Network hardening (web/server.py, web/security.py, web/auth.py).
+    allowed_hosts: frozenset[str] = field(default_factory=frozenset)   # extra Host values, "name" or "name:port"
+    public_url: str | None = None          # how browsers reach us through a proxy: its host is allowed too
+    header_timeout: float = 10.0           # seconds for a request line + headers (and each read/write before auth)
+    max_unauthenticated: int = 128         # connections open at once that have not authenticated yet
+    session_hours: float = 168.0           # token mode: lifetime of the sign-in cookie
+    # What ComfyUI may send and how long it may take (listener.py, comfy.py).
+    max_message_mb: float = 32.0           # one WebSocket message, however fragmented: bigger drops the connection
+    max_preview_mb: float = 8.0            # one preview image: bigger ones are dropped and counted
+    comfy_timeout: float = 10.0            # seconds in all for one ComfyUI HTTP call, and for the WS handshake
     # Timings, exposed for tests; users rarely change them.
     reconcile_interval: float = 3.0
     hub_tick: float = 0.15
@@ -63,6 +99,14 @@ class Config:
             password=_env("MONITOR_PASSWORD"),
             token=_env("MONITOR_TOKEN"),
             allow_open=_env("MONITOR_ALLOW_OPEN", "0") in ("1", "true", "yes"),
+            allowed_hosts=frozenset(h.lower() for h in _csv(_env("MONITOR_ALLOWED_HOSTS"))),
+            public_url=_public_url(_env("MONITOR_PUBLIC_URL")),
+            header_timeout=_float("MONITOR_HEADER_TIMEOUT", cls.header_timeout),
+            max_unauthenticated=max(1, _int("MONITOR_MAX_UNAUTHENTICATED", cls.max_unauthenticated)),
+            session_hours=_float("MONITOR_SESSION_HOURS", cls.session_hours),
+            max_message_mb=_float("MONITOR_MAX_MESSAGE_MB", cls.max_message_mb),
+            max_preview_mb=_float("MONITOR_MAX_PREVIEW_MB", cls.max_preview_mb),
+            comfy_timeout=_float("MONITOR_COMFY_TIMEOUT", cls.comfy_timeout),
         )
         return cfg.with_overrides(**overrides)
 

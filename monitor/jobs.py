@@ -218,7 +218,9 @@ class JobStore:
         return self.get(record["id"])  # as stored (JSON round-tripped), same shape as get()
 
     def update(self, job_id, **fields) -> dict | None:
-        """Change some fields; None if the job is unknown. Finished jobs keep their status (see below)."""
+        """Change some fields; None if the job is unknown. Finished jobs keep their status (see below).
+        Returns the record without its graph: neither read nor rewritten unless `graph` is among the
+        fields (a graph can be megabytes; a running job is updated on every node output)."""
         return self._change(job_id, None, fields)[1]
 
     def transition(self, job_id, allowed_from, **fields) -> dict | None:
@@ -235,10 +237,10 @@ class JobStore:
         if "status" in fields:
             _check_status(fields["status"])
         with self._write() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return False, None
-            current = _row_to_job(row)
+            current = _row_to_job(row, _BRIEF_NAMES)
             if allowed_from is not None and current["status"] not in allowed_from:
                 return False, current
             new_status = fields.get("status", current["status"])
@@ -256,12 +258,18 @@ class JobStore:
             if started and current["started_at"] and epoch_from_iso(current["started_at"]) < epoch_from_iso(started):
                 record["started_at"] = current["started_at"]  # a start time never moves forward
             self._settle(record, fields)
-            changed = {k: v for k, v in self._columns(record).items() if k != "id"}
-            assignments = ", ".join(f"{name} = ?" for name in changed)
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changed.values(), job_id))
-        return True, self.get(job_id)
+            changed = {k: v for k, v in record.items() if k != "id" and (k in fields or v != current.get(k))}
+            if changed:
+                columns = self._columns(changed)
+                assignments = ", ".join(f"{name} = ?" for name in columns)
+                conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
+        record.pop("graph", None)
+        return True, json.loads(_dumps(record))   # as get() would return it (JSON round trip)
 
-    def get(self, job_id) -> dict | None:
+    def get(self, job_id, graph: bool = True) -> dict | None:
+        if not graph:
+            rows = self._query(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            return _row_to_job(rows[0], _BRIEF_NAMES) if rows else None
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
 

@@ -31,6 +31,7 @@ STALLED_KEEP_S = 600.0  # a stalled job is watched this long in case ComfyUI rep
 MISSES_BEFORE_LOST = 2  # reconciles in a row that must not find a job before it is declared stalled
 STALLED_RECHECK_S = 15.0
 STALLED_ASKS_PER_PASS = 10
+OUTPUTS_FLUSH_S = 1.0   # node outputs of running jobs reach the record at most this late
 HISTORY_TRIES = 3       # a superseded prompt's /history entry is written before the next starts; retry briefly
 
 
@@ -78,6 +79,7 @@ class Monitor:
         self._cancel_requested: set[str] = set()
         self._graphless: set[str] = set()  # known only from a message so far: /queue has the graph
         self._finished: dict[str, float] = {}
+        self._outputs_dirty: set[str] = set()    # running jobs whose record lacks their newest outputs
         self._seen_pending: dict[str, int] = {}   # prompt id → connection epoch it was last seen pending in
         self._stalled: dict[str, float] = {}      # recently stalled → when its /history was last asked
         self._disconnects = 0          # bumped on every lost connection
@@ -95,6 +97,7 @@ class Monitor:
         self.listener.start()
         self.telemetry.start()
         self._greenlets.append(gevent.spawn(self._reconcile_loop))
+        self._greenlets.append(gevent.spawn(self._flush_loop))
 
     def stop(self) -> None:
         for g in self._greenlets:
@@ -345,7 +348,7 @@ class Monitor:
     def _apply(self, transitions) -> None:
         for tr in transitions:
             pid, kind, data = tr.prompt_id, tr.kind, tr.data or {}
-            job = self.store.get(pid)
+            job = self.store.get(pid, graph=False)
             if job is None:
                 job = self._adopt_unknown(pid)
             if kind == "started":
@@ -356,9 +359,9 @@ class Monitor:
                 # Stored when it arrives: a monitor restarted mid-run still knows which nodes will run.
                 self.store.update(pid, cached_nodes=list(data.get("nodes") or []))
             elif kind == "node_output":
-                outputs = [o for o in job.get("outputs") or [] if o.get("node_id") != data.get("node_id")]
-                outputs.append(data["entry"])
-                self.store.update(pid, outputs=outputs)
+                # The tracker holds them while the job runs; the record gets them in batches (and in
+                # full when the job ends), so a graph with thousands of outputs costs no more per message.
+                self._outputs_dirty.add(pid)
             elif kind == "hint_finished":
                 if data.get("reason") == "superseded" and job["status"] == "running":
                     # Another prompt started, so this one has ended: settle it before the next is
@@ -408,6 +411,7 @@ class Monitor:
                                         status_reason=f"{why} (it had been marked stalled: {old['status_reason']})")
             if job is None:
                 return None
+            job = self.store.get(pid)
             self._stalled.pop(pid, None)
             self.tracker.register(pid, job.get("graph"), job.get("outputs_to_execute"), number=job.get("number"),
                                   client_id=job.get("client_id"), status=status,
@@ -474,6 +478,8 @@ class Monitor:
                                            started=started / 1000.0 if started is not None else None)
             if not from_tracker:
                 self.tracker.finish(pid, status, error=error, outputs=outputs)
+            if not outputs:   # lost or cancelled: keep what the run produced before
+                outputs = self.tracker.outputs(pid)
             fields: dict = {"status": status}
             if error is not None:
                 fields["error"] = error
@@ -506,6 +512,7 @@ class Monitor:
             self._cancel_requested.discard(pid)
             self._graphless.discard(pid)
             self._seen_pending.pop(pid, None)
+            self._outputs_dirty.discard(pid)   # the settled record has them all
             if status == "stalled":
                 self._stalled[pid] = time.time()
             else:
@@ -529,6 +536,24 @@ class Monitor:
         if self._was_busy and not busy:
             self.hub.set_progress(None, {"prompt_id": None, "status": "idle"})
         self._was_busy = busy
+
+    def _flush_loop(self) -> None:
+        while True:
+            gevent.sleep(OUTPUTS_FLUSH_S)
+            try:
+                self.flush_outputs()
+            except Exception:
+                log.exception("writing node outputs failed")
+
+    def flush_outputs(self) -> None:
+        """Write the node outputs that arrived since the last flush, one update per job."""
+        dirty, self._outputs_dirty = self._outputs_dirty, set()
+        for pid in dirty:
+            outputs = self.tracker.outputs(pid)
+            if outputs is not None:
+                with self._lock:
+                    self.store.transition(pid, {"queued", "running"}, outputs=outputs)
+            gevent.sleep(0)
 
     # --- reconciliation ------------------------------------------------------------------------
     def _reconcile_loop(self) -> None:

@@ -25,6 +25,7 @@ PERCENT_CAP = 99.9          # 100 is reserved for execution_success
 STEP_WINDOW = 10            # step intervals in the it/s rolling average
 FORGOTTEN_KEEP = 512        # forgotten ids whose late frames are ignored instead of re-registered
 TRACEBACK_MAX = 8000
+OUTPUTS_IN_STATE = 48       # the live state carries the newest node outputs; the job record keeps them all
 
 
 @dataclass
@@ -72,7 +73,7 @@ class _Prompt:
         self.step_at: float | None = None
         self.intervals: deque = deque(maxlen=STEP_WINDOW)   # (seconds, steps)
         self.floor: float | None = None            # highest percent reported: keeps it monotonic
-        self.outputs: list[dict] = []
+        self.outputs: dict[str, dict] = {}        # node id → output entry, oldest first
         self.frozen: dict | None = None            # final state once terminal
 
 
@@ -437,7 +438,8 @@ class Tracker:
             return
         for entry in outputs:
             if isinstance(entry, dict) and entry.get("node_id") is not None:
-                p.outputs = [o for o in p.outputs if o["node_id"] != entry["node_id"]] + [entry]
+                p.outputs.pop(entry["node_id"], None)   # a node's newer output moves to the end
+                p.outputs[entry["node_id"]] = entry
 
     def _terminate(self, p: _Prompt, status: str, data: dict) -> Transition:
         now = self._clock()
@@ -453,7 +455,7 @@ class Tracker:
         p.frozen = self._build_state(p, now)
         if status != "stalled":  # a stalled prompt may be revived: it keeps what it needs to go on
             p.graph = p.ps = None  # what state() needs is frozen; drop the rest
-        data.update({"finished_at": iso_from_epoch(now), "outputs": list(p.outputs)})
+        data.update({"finished_at": iso_from_epoch(now), "outputs": list(p.outputs.values())})
         return Transition(status, p.id, data)
 
     def _effective(self, p: _Prompt) -> set[str] | None:
@@ -525,7 +527,9 @@ class Tracker:
             "nodes_total": len(effective) if counted else None,
             "nodes_uncertain": not counted,
             "cached_nodes": list(p.cached),
-            "outputs": list(p.outputs),
+            # Bounded: this state goes to every browser on every update, however many nodes a graph has.
+            "outputs": list(p.outputs.values())[-OUTPUTS_IN_STATE:],
+            "outputs_count": len(p.outputs),
             "updated_at": iso_from_epoch(p.updated),
         }
 
@@ -567,6 +571,11 @@ class Tracker:
         live.sort(key=lambda p: (p.id != self._running, p.status != "running",
                                  p.number if p.number is not None else math.inf))
         return [self.state(p.id) for p in live]
+
+    def outputs(self, prompt_id) -> list[dict] | None:
+        """Every node output of a prompt so far (None if unknown): what its job record stores."""
+        p = self._prompts.get(prompt_id)
+        return None if p is None else list(p.outputs.values())
 
     def running_id(self) -> str | None:
         return self._running

@@ -157,6 +157,11 @@
       evt.detail.isError = false;
     }
   });
+  document.body.addEventListener("htmx:responseError", function (evt) {
+    // Signed out or the session expired: reloading shows the sign-in page (token mode) or the browser's
+    // password prompt (password mode).
+    if (evt.detail.xhr && evt.detail.xhr.status === 401) location.reload();
+  });
   document.body.addEventListener("htmx:afterSwap", function () {
     localizeTimes(document);
     var panel = $("current");

@@ -5,12 +5,11 @@ import os
 import time
 
 import gevent
-import gevent.pool
 import requests
-from gevent.pywsgi import WSGIServer
 
 from monitor import create_app
 from monitor.config import Config
+from monitor.web.server import make_server
 
 import recordings
 
@@ -57,8 +56,8 @@ class LiveServer:
                         testing=True)
         settings.update(self.overrides)
         self.app = create_app(Config(**settings))
-        # A pool, so stop() also ends keep-alive connections (a browser's), not just the listener.
-        self.server = WSGIServer(("127.0.0.1", self.port), self.app, log=None, spawn=gevent.pool.Pool())
+        # The production server (web/server.py), bound to loopback whatever config.host says.
+        self.server = make_server(self.app, "127.0.0.1", self.port)
         self.server.start()
         self.port = self.server.server_port
         if wait_connected:

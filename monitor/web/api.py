@@ -7,21 +7,28 @@ import uuid
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_options_header
 
 from ..comfy import ComfyUnavailable
 from ..jobs import STATUSES
 from ..service import SubmitError
 from ..workflows import ParamError, new_job_folder
 from .fragments import FragmentCache
+from .security import authenticated
 
 bp = Blueprint("api", __name__)
 
 VIEW_TYPES = {"output", "input", "temp"}
-MEDIA_PREFIXES = ("image/", "video/")
-# Image types that are documents: SVG runs scripts when opened directly from our origin.
-ACTIVE_MEDIA = ("image/svg+xml", "image/svg", "text/xml", "application/xml")
-_PREVIEW_RE = re.compile(r"^(webp|jpeg|png);\d{1,3}$")
-_CHANNEL_RE = re.compile(r"^(rgba|rgb|a)$")
+# The only types /api/view serves, and the Content-Type it sends for each (never ComfyUI's header as is).
+# No SVG or anything else that is a document: opened directly from our origin it could run script.
+VIEW_MEDIA = {
+    "image/png": "image/png", "image/apng": "image/apng", "image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg", "image/webp": "image/webp", "image/gif": "image/gif", "image/avif": "image/avif",
+    "image/bmp": "image/bmp", "video/mp4": "video/mp4", "video/webm": "video/webm",
+    "video/quicktime": "video/quicktime",
+}
+_PREVIEW_RE = re.compile(r"(webp|jpeg|png);\d{1,3}")
+_CHANNEL_RE = re.compile(r"rgba|rgb|a")
 
 
 class ApiError(Exception):
@@ -152,9 +159,11 @@ def healthz():
     except Exception:
         db_ok = False
     ok = db_ok and comfy["connected"]
-    body = {"ok": ok, "db": "ok" if db_ok else "error",
-            "comfy": {k: comfy[k] for k in ("connected", "since", "last_message_at", "listener_age_s",
-                                            "reconciled_at")}}
+    body = {"ok": ok}
+    if authenticated():   # a supervisor without credentials learns only ok / not ok
+        body.update({"db": "ok" if db_ok else "error",
+                     "comfy": {k: comfy[k] for k in ("connected", "since", "last_message_at", "listener_age_s",
+                                                     "reconciled_at")}})
     return jsonify(body), 200 if ok else 503
 
 
@@ -224,7 +233,7 @@ def _validate_graph(prompt) -> None:
 
 # --- /view proxy --------------------------------------------------------------------------------
 def _check_name(value: str, what: str, allow_sep: bool) -> str:
-    if "\x00" in value or "\\" in value:
+    if "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ApiError(400, f"{what} contains a forbidden character")
     if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
         raise ApiError(400, f"{what} must be a relative name")
@@ -234,6 +243,15 @@ def _check_name(value: str, what: str, allow_sep: bool) -> str:
     if not allow_sep and len(parts) > 1:
         raise ApiError(400, f"{what} must not contain path separators")
     return value
+
+
+def _media_type(header: str) -> str | None:
+    """Our Content-Type for an upstream one, or None: exactly one media type (`image/png, text/html` is two),
+    parameters dropped, from VIEW_MEDIA only."""
+    if "," in header:
+        return None
+    media, _ = parse_options_header(header)
+    return VIEW_MEDIA.get(media.strip().lower())
 
 
 @bp.get("/api/view")
@@ -249,11 +267,11 @@ def view():
         raise ApiError(400, f"type must be one of {sorted(VIEW_TYPES)}")
     params = {"filename": filename, "subfolder": subfolder, "type": kind}
     if args.get("preview"):
-        if not _PREVIEW_RE.match(args["preview"]):
+        if not _PREVIEW_RE.fullmatch(args["preview"]):
             raise ApiError(400, "preview must look like webp;75 or jpeg;80")
         params["preview"] = args["preview"]
     if args.get("channel"):
-        if not _CHANNEL_RE.match(args["channel"]):
+        if not _CHANNEL_RE.fullmatch(args["channel"]):
             raise ApiError(400, "channel must be rgba, rgb or a")
         params["channel"] = args["channel"]
     try:
@@ -264,10 +282,11 @@ def view():
         upstream.close()
         status = upstream.status_code if upstream.status_code in (400, 403, 404) else 502
         raise ApiError(status, f"ComfyUI answered {upstream.status_code} for this file")
-    ctype = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if not ctype.startswith(MEDIA_PREFIXES) or ctype in ACTIVE_MEDIA or "xml" in ctype:
+    ctype = _media_type(upstream.headers.get("Content-Type", ""))
+    if ctype is None:
         upstream.close()
-        raise ApiError(415, f"refusing to serve {ctype or 'unknown type'}: only images and videos")
+        shown = upstream.headers.get("Content-Type", "")[:80] or "unknown type"
+        raise ApiError(415, f"refusing to serve {shown!r}: only images and videos")
 
     def body():
         try:

@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from monitor.timeutil import epoch_from_iso
 
+from .auth import token_only
 from .fragments import FragmentCache
 
 bp = Blueprint("pages", __name__)
@@ -244,7 +245,8 @@ def _comfy_state() -> dict:
 
 
 def _context(**extra) -> dict:
-    ctx = {"linger_s": LINGER_S, "poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S}
+    ctx = {"linger_s": LINGER_S, "poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S,
+           "signout": token_only(current_app.config["MONITOR"])}
     ctx.update(extra)
     return ctx
 
