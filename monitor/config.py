@@ -76,6 +76,11 @@ class Config:
     max_message_mb: float = 32.0           # one WebSocket message, however fragmented: bigger drops the connection
     max_preview_mb: float = 8.0            # one preview image: bigger ones are dropped and counted
     comfy_timeout: float = 10.0            # seconds in all for one ComfyUI HTTP call, and for the WS handshake
+    # Retention of finished jobs (jobs.prune_step), and how many submissions are parsed at once.
+    keep_days: float = 30.0                # older finished jobs keep their summary and lose their graph
+    keep_jobs: int = 20000                 # beyond this many finished jobs, the oldest are deleted
+    keep_graphs_mb: float = 256.0          # graphs of finished jobs kept, newest first, up to this size
+    max_submissions: int = 4               # POST /api/run and execute handled at once; more wait (then 503)
     # Timings, exposed for tests; users rarely change them.
     reconcile_interval: float = 3.0
     hub_tick: float = 0.15
@@ -107,6 +112,10 @@ class Config:
             max_message_mb=_float("MONITOR_MAX_MESSAGE_MB", cls.max_message_mb),
             max_preview_mb=_float("MONITOR_MAX_PREVIEW_MB", cls.max_preview_mb),
             comfy_timeout=_float("MONITOR_COMFY_TIMEOUT", cls.comfy_timeout),
+            keep_days=_float("MONITOR_KEEP_DAYS", cls.keep_days),
+            keep_jobs=max(1, _int("MONITOR_KEEP_JOBS", cls.keep_jobs)),
+            keep_graphs_mb=_float("MONITOR_KEEP_GRAPHS_MB", cls.keep_graphs_mb, minimum=-1e-9),
+            max_submissions=max(1, _int("MONITOR_MAX_SUBMISSIONS", cls.max_submissions)),
         )
         return cfg.with_overrides(**overrides)
 

@@ -52,6 +52,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # What a restarted monitor needs to resume a running job's progress: the nodes ComfyUI said it would
     # not run (None = never heard; [] = none cached).
     ("ALTER TABLE jobs ADD COLUMN cached_nodes TEXT",),
+    # Retention: a graph's stored size, so that old graphs can be dropped to a budget without reading them.
+    ("ALTER TABLE jobs ADD COLUMN graph_bytes INTEGER",
+     "UPDATE jobs SET graph_bytes = length(CAST(graph AS BLOB)) WHERE graph IS NOT NULL"),
 ]
 
 
@@ -194,7 +197,10 @@ class JobStore:
 
     @staticmethod
     def _columns(job: dict) -> dict:
-        return {k: (None if v is None else _dumps(v)) if k in JSON_FIELDS else v for k, v in job.items()}
+        columns = {k: (None if v is None else _dumps(v)) if k in JSON_FIELDS else v for k, v in job.items()}
+        if "graph" in columns:
+            columns["graph_bytes"] = None if columns["graph"] is None else len(columns["graph"].encode())
+        return columns
 
     def create(self, job: dict) -> dict:
         """Insert a new job; ValueError on unknown fields, a bad status or an existing id."""
@@ -266,6 +272,11 @@ class JobStore:
         record.pop("graph", None)
         return True, json.loads(_dumps(record))   # as get() would return it (JSON round trip)
 
+    def status(self, job_id) -> str | None:
+        """Just the status (None if unknown): what per-message checks need, without parsing a record."""
+        rows = self._query("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        return rows[0]["status"] if rows else None
+
     def get(self, job_id, graph: bool = True) -> dict | None:
         if not graph:
             rows = self._query(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -311,6 +322,45 @@ class JobStore:
             f"SELECT {columns} FROM jobs WHERE {where} "
             "ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit))
         return [_row_to_job(r, names) for r in rows]
+
+
+_FINISHED_SQL = "status IN ({})".format(", ".join(f"'{s}'" for s in sorted(FINISHED)))
+_AGE_SQL = "COALESCE(finished_at, queued_at)"
+
+
+def prune_step(store: "JobStore", *, keep_days: float, keep_jobs: int, graph_budget: int, batch: int = 200,
+               now: float | None = None) -> dict:
+    """One small batch of retention work on finished jobs; call again while it reports work done.
+    Jobs older than `keep_days`, and the oldest beyond `graph_budget` bytes of graphs, lose their graph
+    (the summary stays); beyond `keep_jobs` finished jobs, the oldest are deleted."""
+    import time as _time
+    cutoff = iso_from_epoch((now if now is not None else _time.time()) - keep_days * 86400.0)
+    done = {"deleted": 0, "graphs_dropped": 0}
+    excess = store._query(f"SELECT COUNT(*) AS n FROM jobs WHERE {_FINISHED_SQL}")[0]["n"] - keep_jobs
+    if excess > 0:
+        with store._write() as conn:
+            done["deleted"] = conn.execute(
+                f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {_FINISHED_SQL} "
+                f"ORDER BY {_AGE_SQL}, rowid LIMIT ?)", (min(batch, excess),)).rowcount
+        return done
+    old = [r["id"] for r in store._query(
+        f"SELECT id FROM jobs WHERE {_FINISHED_SQL} AND graph IS NOT NULL AND {_AGE_SQL} < ? LIMIT ?",
+        (cutoff, batch))]
+    if not old:
+        total, old = 0, []
+        for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph IS NOT NULL "
+                                f"ORDER BY {_AGE_SQL} DESC, rowid DESC"):
+            total += row["graph_bytes"] or 0
+            if total > graph_budget:
+                old.append(row["id"])
+                if len(old) >= batch:
+                    break
+    if old:
+        with store._write() as conn:
+            done["graphs_dropped"] = conn.execute(
+                f"UPDATE jobs SET graph = NULL, graph_bytes = NULL WHERE id IN ({', '.join('?' for _ in old)})",
+                old).rowcount
+    return done
 
 
 class EventBus:

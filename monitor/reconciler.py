@@ -2,6 +2,7 @@
 GET /history/{id} settles jobs whose terminal message never reached us."""
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ class QueueView:
     running: list[list] = field(default_factory=list)
     pending: list[list] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def ids(self) -> set[str]:
         return {e[1] for e in self.running} | {e[1] for e in self.pending}
 

@@ -15,7 +15,7 @@ from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
 from .config import Config
 from .hub import Hub
 from .jobs import FINISHED as TERMINAL  # the four end states and stalled: nothing more will happen
-from .jobs import EventBus, JobStore, StoreError
+from .jobs import EventBus, JobStore, StoreError, prune_step
 from .listener import Listener
 from .telemetry import Telemetry
 from .timeutil import epoch_from_iso, iso_from_epoch, iso_from_epoch_ms, utcnow_iso
@@ -29,8 +29,10 @@ EVENT_SEVERITY = {"completed": "info", "failed": "error", "interrupted": "warnin
 LINGER_S = 30.0        # finished prompts stay in the tracker this long (late previews, the final frame)
 STALLED_KEEP_S = 600.0  # a stalled job is watched this long in case ComfyUI reports it after all
 MISSES_BEFORE_LOST = 2  # reconciles in a row that must not find a job before it is declared stalled
+ADOPT_PER_PASS = 200    # new jobs learned from ComfyUI per reconcile: a hostile server cannot flood the store
 STALLED_RECHECK_S = 15.0
 STALLED_ASKS_PER_PASS = 10
+PRUNE_FIRST_S, PRUNE_EVERY_S = 30.0, 600.0
 OUTPUTS_FLUSH_S = 1.0   # node outputs of running jobs reach the record at most this late
 HISTORY_TRIES = 3       # a superseded prompt's /history entry is written before the next starts; retry briefly
 
@@ -63,7 +65,10 @@ class Monitor:
         self.hub = Hub(tick=config.hub_tick)
         self.events = EventBus(self.store, on_event=self.hub.publish_event)
         self.hub.events_since = self.events.since  # a reconnecting page replays what it missed
-        self.tracker = Tracker(instant_types=set(graphs.DEFAULT_INSTANT_TYPES) | set(config.instant_nodes))
+        self.tracker = Tracker(instant_types=set(graphs.DEFAULT_INSTANT_TYPES) | set(config.instant_nodes),
+                               admit=self._admit)
+        self._adopt_budget = ADOPT_PER_PASS
+        self._adopt_refused = 0
         self.comfy = ComfyClient(config.comfy_base, auth=config.comfy_auth)
         self.telemetry = Telemetry(config, comfy=self.comfy, interval=config.telemetry_interval)
         self.workflows = load_workflows(config.workflows_dir)
@@ -98,6 +103,7 @@ class Monitor:
         self.telemetry.start()
         self._greenlets.append(gevent.spawn(self._reconcile_loop))
         self._greenlets.append(gevent.spawn(self._flush_loop))
+        self._greenlets.append(gevent.spawn(self._prune_loop))
 
     def stop(self) -> None:
         for g in self._greenlets:
@@ -132,13 +138,19 @@ class Monitor:
         """Running first, then queued in run order (the store's order for active jobs)."""
         return [build() for _, _, build in self.active_versions()]
 
-    def active_versions(self) -> list[tuple[str, tuple, object]]:
+    def active_versions(self, offset: int = 0, limit: int | None = None) -> list[tuple[str, tuple, object]]:
         """The active jobs in queue order as (id, version, build): `build()` makes the same dict as
         active_jobs() has for that job, and `version` changes whenever that dict would. Lets the
-        views keep one rendering per job instead of re-rendering a long queue on every poll."""
+        views keep one rendering per job instead of re-rendering a long queue on every poll.
+        `offset`/`limit` page a long queue (positions stay those of the whole queue)."""
         generation = self.store.generation
         out = []
-        for job, position in self._with_positions(self.store.active(graph=False)):
+        end = None if limit is None else offset + limit
+        for index, (job, position) in enumerate(self._with_positions(self.store.active(graph=False))):
+            if index < offset:
+                continue
+            if end is not None and index >= end:
+                break
             pid = job["id"]
             version = (generation, self.tracker.stamp(pid), position)
             out.append((pid, version, lambda job=job, position=position: self._decorate(job, position, brief=True)))
@@ -161,6 +173,11 @@ class Monitor:
             if job["id"] == job_id:
                 return position
         return None
+
+    def active_counts(self) -> dict:
+        jobs = self.store.active(graph=False)
+        running = sum(1 for j in jobs if j["status"] == "running")
+        return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
 
     def current_job(self) -> dict | None:
         """The running job (the one ComfyUI runs; the first by queue order if we believe in several)."""
@@ -348,9 +365,9 @@ class Monitor:
     def _apply(self, transitions) -> None:
         for tr in transitions:
             pid, kind, data = tr.prompt_id, tr.kind, tr.data or {}
-            job = self.store.get(pid, graph=False)
-            if job is None:
-                job = self._adopt_unknown(pid)
+            status = self.store.status(pid)
+            if status is None:
+                status = self._adopt_unknown(pid)["status"]
             if kind == "started":
                 self._mark_running(pid, data.get("started_at"))
             elif kind == "revived":
@@ -363,7 +380,7 @@ class Monitor:
                 # full when the job ends), so a graph with thousands of outputs costs no more per message.
                 self._outputs_dirty.add(pid)
             elif kind == "hint_finished":
-                if data.get("reason") == "superseded" and job["status"] == "running":
+                if data.get("reason") == "superseded" and status == "running":
                     # Another prompt started, so this one has ended: settle it before the next is
                     # marked running (readers never see two running jobs on one ComfyUI).
                     self._settle_superseded(pid)
@@ -381,6 +398,17 @@ class Monitor:
             if self._settle_from_history(pid) is not False:   # settled, or ComfyUI unreachable
                 return
             gevent.sleep(0.05 * (attempt + 1))
+
+    def _admit(self, pid: str) -> bool:
+        """The tracker asks before it follows a prompt it has not seen: one we know, or within budget."""
+        return self.store.status(pid) is not None or self._take_budget()
+
+    def _take_budget(self) -> bool:
+        if self._adopt_budget > 0:
+            self._adopt_budget -= 1
+            return True
+        self._adopt_refused += 1
+        return False
 
     def _adopt_unknown(self, pid: str) -> dict:
         """A message for a prompt we have never seen (a script posting without client id, or one
@@ -545,6 +573,31 @@ class Monitor:
             except Exception:
                 log.exception("writing node outputs failed")
 
+    def _prune_loop(self) -> None:
+        gevent.sleep(PRUNE_FIRST_S)
+        while True:
+            try:
+                self.prune()
+            except Exception:
+                log.exception("pruning old jobs failed")
+            gevent.sleep(PRUNE_EVERY_S)
+
+    def prune(self) -> dict:
+        """Retention (MONITOR_KEEP_DAYS, MONITOR_KEEP_JOBS, MONITOR_KEEP_GRAPHS_MB), in small batches
+        that let requests in between; off the request path."""
+        cfg, total = self.config, {"deleted": 0, "graphs_dropped": 0}
+        while True:
+            step = prune_step(self.store, keep_days=cfg.keep_days, keep_jobs=cfg.keep_jobs,
+                              graph_budget=int(cfg.keep_graphs_mb * 1024 * 1024))
+            for key, value in step.items():
+                total[key] += value
+            if not any(step.values()):
+                break
+            gevent.sleep(0.01)
+        if any(total.values()):
+            log.info("retention: %d old jobs deleted, %d graphs dropped", total["deleted"], total["graphs_dropped"])
+        return total
+
     def flush_outputs(self) -> None:
         """Write the node outputs that arrived since the last flush, one update per job."""
         dirty, self._outputs_dirty = self._outputs_dirty, set()
@@ -588,14 +641,20 @@ class Monitor:
         running_ids = {e[1] for e in view.running}
         for entry in view.pending:
             self._seen_pending[entry[1]] = epoch
+        if self._adopt_refused:
+            log.warning("ComfyUI reported %d more unknown prompts than the %d adopted per pass; the rest "
+                        "wait for the next pass", self._adopt_refused, ADOPT_PER_PASS)
+        self._adopt_budget, self._adopt_refused = ADOPT_PER_PASS, 0
         # Jobs that left the queue are settled first, so that the one ComfyUI runs now is never
         # marked running while its predecessor still reads running.
         restarted = epoch != self._reconciled_epoch
         complete = self._settle_missing(candidates, view, posting, epoch, restarted)
         with self._lock:
             known = {j["id"]: j for j in candidates}
-            for entry in view.running + view.pending:
+            for index, entry in enumerate(view.running + view.pending):
                 self._adopt_or_refresh(entry, entry[1] in running_ids, known.get(entry[1]))
+                if index % 50 == 49:
+                    gevent.sleep(0)   # a long queue: let requests in (views read without this lock)
         self._recheck_stalled(view)
         if complete and self._disconnects == epoch:
             self._reconciled_epoch = epoch
@@ -606,7 +665,9 @@ class Monitor:
         """Settle the jobs ComfyUI's queue no longer lists, from /history or as lost. False if some
         could not be asked about (they are asked again next time)."""
         complete = True
-        for job in candidates:
+        for index, job in enumerate(candidates):
+            if index % 50 == 49:
+                gevent.sleep(0)
             pid = job["id"]
             if pid in view.ids or pid in posting or pid in self._posting:
                 self._missing.pop(pid, None)
@@ -664,6 +725,8 @@ class Monitor:
             job = brief
         else:
             job = self.store.get(pid)
+        if job is None and not self._take_budget():
+            return
         if job is not None and job["status"] == "stalled":
             job = self._revive(pid, "ComfyUI lists it in its queue again") or job
         if job is not None and job["status"] not in ("queued", "running"):

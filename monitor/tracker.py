@@ -11,6 +11,7 @@ or a new prompt started while this one was still running (reason "superseded"): 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -45,7 +46,7 @@ class Preview:
 
 class _Prompt:
     __slots__ = ("id", "graph", "outputs_to_execute", "number", "client_id", "status", "started",
-                 "comfy_started", "finished", "updated", "cached", "cached_known", "effective", "done", "ps", "node", "display",
+                 "comfy_started", "finished", "updated", "cached", "cached_known", "effective", "done", "ps", "ps_running", "ps_finished", "node", "display",
                  "step", "step_node", "step_at", "intervals", "floor", "outputs", "frozen")
 
     def __init__(self, prompt_id: str, now: float):
@@ -66,6 +67,8 @@ class _Prompt:
         self.effective: set[str] | None = None   # None = graph unknown
         self.done: set[str] = set()               # nodes known finished (any node id)
         self.ps: dict[str, tuple[str, float, float]] | None = None   # last progress_state snapshot
+        self.ps_running: dict[str, float] = {}    # its running nodes → fraction done (a few at most)
+        self.ps_finished = 0                       # its finished nodes
         self.node: str | None = None               # current node (execution id)
         self.display: str | None = None            # its display node id, for titles
         self.step: tuple[float, float] | None = None
@@ -92,7 +95,10 @@ def _num(value) -> float | None:
 
 
 class Tracker:
-    def __init__(self, instant_types: set[str] | frozenset[str] = frozenset(), clock=time.time):
+    def __init__(self, instant_types: set[str] | frozenset[str] = frozenset(), clock=time.time, admit=None):
+        """`admit(prompt_id) -> bool`, if given, is asked before a message makes the tracker follow a
+        prompt it has never seen (the service bounds how many a hostile server can make it adopt)."""
+        self.admit = admit
         # Always on top of the defaults: passing the config's extra types alone is enough.
         self.instant_types = frozenset(graphs.DEFAULT_INSTANT_TYPES) | frozenset(instant_types or ())
         self._clock = clock
@@ -227,7 +233,7 @@ class Tracker:
         return Preview(prompt_id, node_id, frame.mime, frame.image)
 
     def _on_start(self, data, out):
-        p = self._get(_str(data.get("prompt_id")), register=True)
+        p = self._get(_str(data.get("prompt_id")), register=True, message=True)
         if p is None:
             return
         if p.frozen is not None:
@@ -306,6 +312,9 @@ class Tracker:
             elif state == "running":
                 running = nid
         p.ps = snapshot
+        p.ps_running = {nid: min(max(v / m, 0.0), 1.0) if m > 0 else 0.0
+                        for nid, (st, v, m) in snapshot.items() if st == "running"}
+        p.ps_finished = sum(1 for st, _, _ in snapshot.values() if st == "finished")
         # Observers of prompts without client id get no `executing`: the snapshot says which node
         # runs. Only move on once the current node is no longer running (no flapping between nodes).
         if running is not None and running != p.node and snapshot.get(p.node or "", ("",))[0] != "running":
@@ -363,17 +372,19 @@ class Tracker:
                 "node_title": graphs.node_title(p.graph, node_id) if node_type else None}
 
     # --- internals -----------------------------------------------------------------------------
-    def _get(self, prompt_id, register=False) -> _Prompt | None:
+    def _get(self, prompt_id, register=False, message=False) -> _Prompt | None:
         if not _str(prompt_id) or prompt_id in self._forgotten_set:
             return None
         p = self._prompts.get(prompt_id)
         if p is None and register:
+            if message and self.admit is not None and not self.admit(prompt_id):
+                return None
             p = self._prompts[prompt_id] = _Prompt(prompt_id, self._clock())
         return p
 
     def _live(self, prompt_id, out) -> _Prompt | None:
         """The prompt a message is about, registered if unknown and marked running; None if settled."""
-        p = self._get(_str(prompt_id), register=True)
+        p = self._get(_str(prompt_id), register=True, message=True)
         if p is not None and p.frozen is not None and p.status == "stalled":
             self._revive(p, out)
         if p is None or p.frozen is not None:
@@ -455,6 +466,7 @@ class Tracker:
         p.frozen = self._build_state(p, now)
         if status != "stalled":  # a stalled prompt may be revived: it keeps what it needs to go on
             p.graph = p.ps = None  # what state() needs is frozen; drop the rest
+            p.ps_running = {}
         data.update({"finished_at": iso_from_epoch(now), "outputs": list(p.outputs.values())})
         return Transition(status, p.id, data)
 
@@ -478,24 +490,25 @@ class Tracker:
             # node would stall the bar and then jump it; the current node's steps are honest.
             if p.step is not None:
                 raw = 100.0 * p.step[0] / p.step[1]
-        elif effective and (p.node in effective or p.step is not None or p.done & effective):
-            raw = 100.0 * sum(self._fraction(p, n) for n in effective) / len(effective)
+        elif effective and (p.node in effective or p.step is not None or not p.done.isdisjoint(effective)):
+            raw = 100.0 * (len(p.done & effective) + self._partial(p, effective)) / len(effective)
         if raw is None:
             return p.floor
         p.floor = min(max(raw, p.floor or 0.0), PERCENT_CAP)
         return p.floor
 
-    def _fraction(self, p: _Prompt, node: str) -> float:
-        if node in p.done:
-            return 1.0
-        if p.ps is not None and node in p.ps:
-            state, value, maximum = p.ps[node]
-            if state == "running" and maximum > 0:
-                return min(max(value / maximum, 0.0), 1.0)
-            return 0.0
-        if node == p.node and p.step is not None:
-            return min(max(p.step[0] / p.step[1], 0.0), 1.0)
-        return 0.0
+    @staticmethod
+    def _partial(p: _Prompt, effective: set[str]) -> float:
+        """The unfinished share of the nodes that are part-way: progress_state's running nodes, else the
+        current node's steps. Constant work per message, whatever the size of the graph."""
+        partial = 0.0
+        if p.ps is not None:
+            partial = sum(f for nid, f in p.ps_running.items() if nid in effective and nid not in p.done)
+        node = p.node
+        if (node is not None and p.step is not None and node in effective and node not in p.done
+                and (p.ps is None or node not in p.ps)):
+            partial += min(max(p.step[0] / p.step[1], 0.0), 1.0)
+        return partial
 
     def _it_per_s(self, p: _Prompt) -> float | None:
         seconds = sum(dt for dt, _ in p.intervals)
@@ -523,12 +536,12 @@ class Tracker:
             "started_at": iso_from_epoch(p.comfy_started or p.started),
             "elapsed_s": None if p.started is None else round(max(end - p.started, 0.0), 1),
             "nodes_done": (len(p.done & effective) if counted
-                           else sum(1 for s in (p.ps or {}).values() if s[0] == "finished") or len(p.done)),
+                           else p.ps_finished or len(p.done)),
             "nodes_total": len(effective) if counted else None,
             "nodes_uncertain": not counted,
             "cached_nodes": list(p.cached),
             # Bounded: this state goes to every browser on every update, however many nodes a graph has.
-            "outputs": list(p.outputs.values())[-OUTPUTS_IN_STATE:],
+            "outputs": list(reversed(list(itertools.islice(reversed(p.outputs.values()), OUTPUTS_IN_STATE)))),
             "outputs_count": len(p.outputs),
             "updated_at": iso_from_epoch(p.updated),
         }

@@ -1,9 +1,13 @@
 """JSON API: queue, jobs, history, submit, cancel, workflows, telemetry, the /view proxy and /healthz."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
+
+import gevent
+import gevent.lock
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
@@ -63,8 +67,12 @@ def _no_constant(name: str):
 
 def _too_deep(value, limit: int = MAX_DEPTH) -> bool:
     stack = [(value, 1)]
+    visited = 0
     while stack:
         item, depth = stack.pop()
+        visited += 1
+        if visited % 5000 == 0:
+            gevent.sleep(0)   # a megabyte graph is a long walk: let other requests in
         if isinstance(item, (dict, list)):
             if depth > limit:
                 return True
@@ -100,11 +108,32 @@ def _submit_error(exc: SubmitError):
 
 
 # --- reads ------------------------------------------------------------------------------------
+QUEUE_PAGE = 500    # jobs per /api/admin/queue answer unless ?limit= says otherwise (at most QUEUE_PAGE_MAX)
+QUEUE_PAGE_MAX = 1000
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, got {raw[:40]!r}")
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}")
+    return value
+
+
 @bp.get("/api/admin/queue")
 def queue():
+    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = _int_arg("limit", QUEUE_PAGE, 1, QUEUE_PAGE_MAX)
     cache = current_app.extensions.setdefault("queue_json_fragments", FragmentCache())
-    parts = cache.render_all(mon().active_versions(), lambda job: json.dumps(job, separators=(",", ":")))
-    return Response('{"jobs":[' + ",".join(parts) + "]}", mimetype="application/json")
+    parts = cache.render_all(mon().active_versions(offset, limit), lambda job: json.dumps(job, separators=(",", ":")))
+    counts = mon().active_counts()
+    head = json.dumps({**counts, "offset": offset, "limit": limit}, separators=(",", ":"))[:-1]
+    return Response(head + ',"jobs":[' + ",".join(parts) + "]}", mimetype="application/json")
 
 
 @bp.get("/api/admin/jobs/<job_id>")
@@ -168,7 +197,29 @@ def healthz():
 
 
 # --- jobs in / out ----------------------------------------------------------------------------
+SUBMIT_WAIT_S = 30.0
+
+
+def submission_slot(view):
+    """At most MONITOR_MAX_SUBMISSIONS submissions are parsed, checked and posted at once: each holds the
+    loop for a while with a large graph, and sixty at once would stall every other request."""
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        slots = current_app.extensions.get("submission_slots")
+        if slots is None:
+            slots = current_app.extensions["submission_slots"] = gevent.lock.BoundedSemaphore(
+                current_app.config["MONITOR"].max_submissions)
+        if not slots.acquire(timeout=SUBMIT_WAIT_S):
+            raise ApiError(503, "too many submissions in progress; try again in a moment")
+        try:
+            return view(*args, **kwargs)
+        finally:
+            slots.release()
+    return wrapper
+
+
 @bp.post("/api/run")
+@submission_slot
 def run_prompt():
     body = _body()
     prompt = body.get("prompt")
@@ -187,6 +238,7 @@ def run_prompt():
 
 
 @bp.post("/api/run/<workflow_id>/execute")
+@submission_slot
 def run_workflow(workflow_id: str):
     wf = mon().workflows.get(workflow_id)
     if wf is None:

@@ -214,14 +214,17 @@ def is_scalar(value) -> bool:
 
 # --- data helpers -------------------------------------------------------------------------------------------
 
+CARDS_MAX = 100   # cards on the page; a longer queue says how many more there are (the API pages them all)
+
+
 def _cards() -> list[Markup]:
     """Each active job's card, in queue order (Monitor.active_versions is already ordered: running
-    first, then queued in run order), rendered once per job version."""
+    first, then queued in run order), rendered once per job version; the first CARDS_MAX only."""
     cache = current_app.extensions.setdefault("card_fragments", FragmentCache())
     env = current_app.jinja_env
     card = env.get_template("_card.html")
     # Markup: each piece is the output of our own autoescaped template, not user data.
-    return [Markup(html) for html in cache.render_all(_monitor().active_versions(),
+    return [Markup(html) for html in cache.render_all(_monitor().active_versions(0, CARDS_MAX),
                                                        lambda job: card.render(job=job))]
 
 
@@ -268,7 +271,8 @@ def index():
 def queue_page():
     resp = current_app.make_response(render_template(
         "queue.html",
-        **_context(cards=_cards(), current=_monitor().current_job(), telemetry=_telemetry(),
+        **_context(cards=_cards(), total=_monitor().active_counts()["total"], current=_monitor().current_job(),
+                   telemetry=_telemetry(),
                    comfy=_comfy_state()),
     ))
     resp.headers["Cache-Control"] = "no-store"
@@ -277,7 +281,7 @@ def queue_page():
 
 @bp.get("/admin/queue/cards")
 def queue_cards():
-    return _fragment("_cards.html", cards=_cards())
+    return _fragment("_cards.html", cards=_cards(), total=_monitor().active_counts()["total"])
 
 
 @bp.get("/admin/queue/current")
