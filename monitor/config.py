@@ -80,7 +80,7 @@ class Config:
     keep_days: float = 30.0                # older finished jobs keep their summary and lose their graph
     keep_jobs: int = 20000                 # beyond this many finished jobs, the oldest are deleted
     keep_graphs_mb: float = 256.0          # graphs of finished jobs kept, newest first, up to this size
-    max_submissions: int = 4               # POST /api/run and execute handled at once; more wait (then 503)
+    max_submissions: int = 2               # POST /api/run and execute handled at once; more wait (then 503)
     # Timings, exposed for tests; users rarely change them.
     reconcile_interval: float = 3.0
     hub_tick: float = 0.15

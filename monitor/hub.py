@@ -11,6 +11,11 @@ outbox, which its own sender greenlet drains with a blocking send under `send_ti
 only ever stalls itself. Frames never interleave: a direct send happens only while the sender has nothing
 in flight, and the unsent rest of a partial one is sent before anything else. An overflowing event outbox
 drops its oldest entries: the client sees a gap in `seq` and may send `resume`.
+
+What a client sends is bounded too: its reader yields to the loop between socket reads, and a client that
+sends more than `flood_messages` within `flood_window` seconds (a page sends a handful per session) is
+closed with 1008; what it still sends meanwhile is read and discarded for a while (a lingering close), so
+that it gets to read the close frame instead of a connection reset.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import logging
 import socket
 import struct
+import threading
 import time
 from collections import OrderedDict, deque
 from itertools import count
@@ -29,6 +35,10 @@ from simple_websocket import ConnectionClosed
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_MESSAGE = 4096   # characters; longer client messages are ignored
+FLOOD_MESSAGES = 500        # more client messages than this within FLOOD_WINDOW_S: dropped (1008)
+FLOOD_WINDOW_S = 5.0
+YIELD_EVERY = 64            # client messages handled between two yields to the loop
+LINGER_S = 10.0             # after closing a flooding client, discard what it still sends for this long
 _REMEMBERED_STATES = 512    # prompts whose last sent state is kept to skip unchanged re-sends
 _TEXT, _BINARY, _PING = 0x1, 0x2, 0x9
 
@@ -47,6 +57,51 @@ def _text(msg: dict) -> bytes:
 
 
 _PING_FRAME = _header(_PING, 0)
+_FLOOD_REASON = struct.pack("!H", 1008) + b"too many messages"
+_CLOSE_FLOODING = _header(0x8, len(_FLOOD_REASON)) + _FLOOD_REASON
+
+
+class _ReaderSocket:
+    """Stands in for `ws.sock` under simple-websocket's reader (a greenlet under gevent). That reader
+    parses whatever the socket holds and reads again at once: a socket with data waiting never blocks, so a
+    client sending without pause would hold the whole process. Here it yields before every read; and once
+    `linger_until` is set it reads and discards until then (or the client's EOF), then reports EOF."""
+
+    def __init__(self, sock):
+        self._real = sock
+        self.linger_until: float | None = None
+
+    def recv(self, size):
+        gevent.sleep(0)
+        if self.linger_until is None:
+            return self._real.recv(size)
+        timer = gevent.Timeout(max(0.0, self.linger_until - time.monotonic()))
+        timer.start()
+        try:
+            scratch = bytearray(65536)
+            while self._real.recv_into(scratch):
+                gevent.sleep(0)
+        except (OSError, gevent.Timeout) as exc:
+            if isinstance(exc, gevent.Timeout) and exc is not timer:
+                raise
+        finally:
+            timer.close()
+        return b""
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+class ReaderThread(threading.Thread):
+    """`thread_class` for simple-websocket (SOCK_SERVER_OPTIONS): its reader reads through a _ReaderSocket
+    from its very first read. Hub.serve installs one too, but only once the session starts: a client that
+    floods right after the handshake would have the reader to itself until then."""
+
+    def __init__(self, *args, target=None, **kwargs):
+        owner = getattr(target, "__self__", None)   # the simple-websocket Server whose _thread this runs
+        if getattr(owner, "sock", None) is not None and not isinstance(owner.sock, _ReaderSocket):
+            owner.sock = _ReaderSocket(owner.sock)
+        super().__init__(*args, target=target, **kwargs)
 
 
 class _Client:
@@ -59,6 +114,8 @@ class _Client:
         self.busy = False                               # the sender greenlet has a blocking send in flight
         self.previews = True
         self.resumed = False                            # a page resumes once, right after connecting
+        self.window_start = time.monotonic()            # flood check: messages since window_start
+        self.window_count = 0
         self.lost = 0                                   # events dropped since the sender last drained
         self.wake = Event()
         self.closed = False
@@ -73,13 +130,15 @@ class _Client:
 
 
 class Hub:
-    def __init__(self, tick=0.15, ping_interval=25.0, max_events=256, send_timeout=10.0, events_since=None):
+    def __init__(self, tick=0.15, ping_interval=25.0, max_events=256, send_timeout=10.0, events_since=None,
+                 flood_messages=FLOOD_MESSAGES, flood_window=FLOOD_WINDOW_S, linger=LINGER_S):
         self.tick = tick
+        self.flood_messages, self.flood_window, self.linger = flood_messages, flood_window, linger
         self.ping_interval = ping_interval
         self.max_events = max_events
         self.send_timeout = send_timeout
         self.events_since = events_since    # callable(seq) -> [event dict] after seq, oldest first
-        self.counters = {"events_dropped": 0, "clients_dropped": 0, "messages_ignored": 0}
+        self.counters = {"events_dropped": 0, "clients_dropped": 0, "messages_ignored": 0, "clients_flooding": 0}
         self._clients: set[_Client] = set()
         self._dirty: dict = {}              # prompt id (None = idle) -> latest state since the last tick
         self._sent: OrderedDict = OrderedDict()   # prompt id -> last broadcast progress frame
@@ -155,22 +214,58 @@ class Hub:
             ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (AttributeError, OSError):
             pass
+        reader_sock = getattr(ws, "sock", None)
+        if reader_sock is not None and not isinstance(reader_sock, _ReaderSocket):
+            reader_sock = ws.sock = _ReaderSocket(reader_sock)
         c = _Client(ws, self.max_events)
         c.events.append((None, _text({"type": "hello", **hello})))
         c.wake.set()
         self._clients.add(c)
         c.greenlet = gevent.spawn(self._pump, c)
+        flooded = False
         try:
+            handled = 0
             while not c.closed:
                 # A dropped client's socket is shut down, which ends receive(); the timeout is a backstop.
                 data = ws.receive(timeout=5.0)
-                if data is not None:
-                    self._on_message(c, data)
+                if data is None:
+                    continue
+                if self._flooding(c):
+                    flooded = True
+                    self._drop_flooder(c, reader_sock)
+                    break
+                self._on_message(c, data)
+                handled += 1
+                if handled % YIELD_EVERY == 0:   # receive() does not yield while messages are buffered
+                    gevent.sleep(0)
         except ConnectionClosed:
             pass
         finally:
             self._drop(c)
             c.greenlet.kill()
+        if flooded and getattr(ws, "thread", None) is not None:
+            ws.thread.join(timeout=self.linger + 1.0)   # the reader lingers; the caller then ends the TCP
+
+    def _flooding(self, c: _Client) -> bool:
+        now = time.monotonic()
+        if now - c.window_start > self.flood_window:
+            c.window_start, c.window_count = now, 0
+        c.window_count += 1
+        return c.window_count > self.flood_messages
+
+    def _drop_flooder(self, c: _Client, reader_sock: _ReaderSocket | None) -> None:
+        """Close with 1008, then stop reading its messages: the reader only discards bytes until the
+        client closes too (it has read the close frame and our FIN) or `linger` runs out."""
+        self.counters["clients_flooding"] += 1
+        if c.raw is not None and not c.busy and c.partial is None:   # never inside another frame
+            try:
+                c.raw.send(_CLOSE_FLOODING)
+            except OSError:
+                pass
+        if reader_sock is not None:
+            reader_sock.linger_until = time.monotonic() + self.linger
+        self._drop(c, f"more than {self.flood_messages} messages within {self.flood_window:g} s",
+                   how=socket.SHUT_WR if reader_sock is not None else socket.SHUT_RDWR)
 
     def _on_message(self, c: _Client, data):
         msg = None
@@ -312,8 +407,8 @@ class Hub:
         finally:
             c.busy = False
 
-    def _drop(self, c: _Client, why: str | None = None):
-        """Forget a client; with a reason, also shut its socket so that its session ends now."""
+    def _drop(self, c: _Client, why: str | None = None, how: int = socket.SHUT_RDWR):
+        """Forget a client; with a reason, also shut its socket (`how`) so that its session ends now."""
         if c.closed:
             return
         c.closed = True
@@ -323,6 +418,6 @@ class Hub:
             self.counters["clients_dropped"] += 1
             log.info("dropping WebSocket client: %s", why)
             try:
-                c.ws.sock.shutdown(socket.SHUT_RDWR)
+                c.ws.sock.shutdown(how)
             except OSError:
                 pass

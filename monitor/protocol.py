@@ -1,7 +1,9 @@
-"""Parse ComfyUI WebSocket frames: JSON text messages and binary previews/text (PROTOCOL.md §4-5)."""
+"""Parse ComfyUI WebSocket frames: JSON text messages and binary previews/text (PROTOCOL.md §4-5); and the
+depth-limited JSON reading that every answer from ComfyUI goes through (frames and HTTP bodies alike)."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 
@@ -11,6 +13,19 @@ PREVIEW_IMAGE_WITH_METADATA = 4
 
 IMAGE_FORMATS = {1: "image/jpeg", 2: "image/png"}
 _HEADER = struct.Struct(">II")
+
+# Deeper than any real ComfyUI message or answer (a /queue entry's workflow is ~15 levels), and shallow
+# enough that code walking a parsed value recursively stays far below Python's recursion limit (1,000).
+MAX_JSON_DEPTH = 100
+# Stands in for a value that was nested deeper than MAX_JSON_DEPTH (load_json(..., prune=True)).
+TOO_DEEP = "\u0000(nested too deep)"
+_TOO_DEEP_JSON = json.dumps(TOO_DEEP)
+_JSON_START = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
+_LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
+# Bracket kinds do not matter for depth: {} become [], and all but brackets and quotes go.
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b'[]{}"')
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 class ProtocolError(ValueError):
@@ -32,12 +47,98 @@ class BinaryFrame:
     text: str | None = None             # type 3
 
 
-def parse_text(raw: str) -> tuple[str, dict]:
-    """(type, data) of one text frame; data is always a dict ({} when absent or null)."""
+def load_json(raw, *, max_depth: int = MAX_JSON_DEPTH, prune: bool = False):
+    """json.loads that never recurses past `max_depth` nested arrays/objects, whatever it is given.
+
+    `raw`: UTF-8 bytes (or str). Raises ProtocolError "json.not_utf8", "json.invalid" or "json.too_deep".
+    With `prune`, a value nested deeper is replaced by TOO_DEEP instead and (value, how many) returned,
+    so that one hostile part of a large answer does not cost the rest (see `contains_too_deep`)."""
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = str(raw, "utf-8")
+        except (UnicodeDecodeError, TypeError):
+            raise ProtocolError("json.not_utf8", "not UTF-8 text") from None
+    pruned = 0
+    verdict = "ok" if text.count("[") + text.count("{") <= max_depth else _depth_within(
+        raw if not isinstance(raw, str) else raw.encode("utf-8", "surrogatepass"), max_depth)
+    if verdict == "unbalanced":
+        raise ProtocolError("json.invalid", "unbalanced brackets")
+    if verdict == "deep":
+        if not prune:
+            raise ProtocolError("json.too_deep", f"nested deeper than {max_depth} levels")
+        text, pruned = _prune(text, max_depth)
     try:
-        msg = json.loads(raw)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise ProtocolError("text.bad_json", type(exc).__name__) from None
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:   # RecursionError: only for a stack already deep
+        raise ProtocolError("json.invalid", f"{type(exc).__name__}: {exc}"[:120]) from None
+    return (value, pruned) if prune else value
+
+
+def contains_too_deep(value) -> bool:
+    """Whether a value from load_json(..., prune=True) had a part replaced (iterative: no recursion)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and v == TOO_DEEP:
+            return True
+    return False
+
+
+def _depth_within(data, max_depth: int) -> str:
+    """"ok" if JSON `data` (bytes) nests at most max_depth deep, else "deep" or "unbalanced" (not JSON),
+    in C-speed passes only: a 2 MB /queue answer costs about a quarter of its json.loads."""
+    data = bytes(data)
+    if data[_LEADING_SPACE.match(data).end():][:1] not in _JSON_START:
+        return "ok"   # not JSON at all (an HTML page...): json.loads refuses it without recursing
+    if b"\\" in data:   # escaped quotes and backslashes, so that every quote left opens or closes a string
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = data.translate(_BRACKETS, _NOT_BRACKETS).replace(b'""', b"")
+    if b'"' in brackets:   # brackets inside strings do not nest: keep what is between strings
+        brackets = b"".join(brackets.split(b'"')[::2])
+    if brackets.count(b"[") != brackets.count(b"]"):
+        return "unbalanced"
+    for _ in range(max_depth):   # each pass removes the innermost level
+        if not brackets:
+            return "ok"
+        brackets = brackets.replace(b"[]", b"")
+    return "deep" if brackets else "ok"
+
+
+def _prune(text: str, max_depth: int) -> tuple[str, int]:
+    """`text` with every array/object that starts deeper than max_depth replaced by TOO_DEEP's JSON.
+    A Python loop over every string and bracket: only ever run for an answer that is too deep."""
+    out, last, depth, cut, pruned = [], 0, 0, -1, 0
+    for m in _TOKENS.finditer(text):
+        ch = text[m.start()]
+        if ch == '"':
+            continue
+        if ch in "[{":
+            depth += 1
+            if depth == max_depth + 1:
+                cut = m.start()
+        else:
+            if depth == max_depth + 1 and cut >= 0:
+                out += (text[last:cut], _TOO_DEEP_JSON)
+                last, cut = m.end(), -1
+                pruned += 1
+            depth -= 1
+    out.append(text[last:])
+    return "".join(out), pruned
+
+
+def parse_text(raw: str | bytes) -> tuple[str, dict]:
+    """(type, data) of one text frame (UTF-8 bytes or str); data is always a dict ({} when absent or null)."""
+    try:
+        msg = load_json(raw)
+    except ProtocolError as exc:
+        kind = {"json.too_deep": "text.too_deep", "json.not_utf8": "text.bad_utf8"}.get(exc.kind, "text.bad_json")
+        raise ProtocolError(kind, str(exc)) from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("text.bad_shape", "expected an object with a string 'type'")
     data = msg.get("data")
@@ -99,9 +200,9 @@ def _utf8(view: memoryview) -> str:
 
 def _json_object(view: memoryview) -> dict:
     try:
-        value = json.loads(str(view, "utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise ProtocolError("binary.bad_metadata", "not JSON") from None
+        value = load_json(view)
+    except ProtocolError as exc:
+        raise ProtocolError("binary.bad_metadata", exc.kind) from None
     if not isinstance(value, dict):
         raise ProtocolError("binary.bad_metadata", "not an object")
     return value

@@ -97,7 +97,7 @@ def fetch_queue(comfy) -> QueueView | None:
     try:
         running, pending = comfy.get_queue()
     except (ComfyUnavailable, ComfyRejected) as exc:
-        log.info("reconcile: GET /queue failed: %s", exc)
+        log.debug("reconcile: GET /queue failed: %s", exc)   # comfy.py logs an outage once
         return None
     return QueueView(running=running, pending=pending)
 
@@ -107,5 +107,5 @@ def fetch_history(comfy, prompt_id: str) -> tuple[bool, dict | None]:
     try:
         return True, comfy.get_history(prompt_id)
     except (ComfyUnavailable, ComfyRejected) as exc:
-        log.info("reconcile: GET /history/%s failed: %s", prompt_id, exc)
+        log.debug("reconcile: GET /history/%s failed: %s", prompt_id, exc)
         return False, None

@@ -1,6 +1,7 @@
 """The Monitor: wires listener → tracker → job store → hub, runs the reconciler, and answers the views."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
 from .config import Config
 from .hub import Hub
 from .jobs import FINISHED as TERMINAL  # the four end states and stalled: nothing more will happen
-from .jobs import EventBus, JobStore, StoreError, prune_step
+from .jobs import EventBus, JobStore, RawJSON, StoreError, prune_step
 from .listener import Listener
 from .telemetry import Telemetry
 from .timeutil import epoch_from_iso, iso_from_epoch, iso_from_epoch_ms, utcnow_iso
@@ -24,6 +25,7 @@ from .workflows import load_workflows
 
 log = logging.getLogger(__name__)
 
+MB = 1024 * 1024
 EVENT_SEVERITY = {"completed": "info", "failed": "error", "interrupted": "warning",
                   "cancelled": "warning", "stalled": "warning"}
 LINGER_S = 30.0        # finished prompts stay in the tracker this long (late previews, the final frame)
@@ -69,14 +71,16 @@ class Monitor:
                                admit=self._admit)
         self._adopt_budget = ADOPT_PER_PASS
         self._adopt_refused = 0
-        self.comfy = ComfyClient(config.comfy_base, auth=config.comfy_auth)
+        self.comfy = ComfyClient(config.comfy_base, auth=config.comfy_auth, timeout=config.comfy_timeout)
         self.telemetry = Telemetry(config, comfy=self.comfy, interval=config.telemetry_interval)
         self.workflows = load_workflows(config.workflows_dir)
         self.listener = Listener(
             config.comfy_ws_url, self.client_id, auth=config.comfy_auth,
             on_text=self._on_text, on_binary=self._on_binary,
             on_connect=self._on_connect, on_disconnect=self._on_disconnect,
-            backoff_min=config.reconnect_min, backoff_max=config.reconnect_max)
+            backoff_min=config.reconnect_min, backoff_max=config.reconnect_max,
+            max_message=int(config.max_message_mb * MB), max_preview=int(config.max_preview_mb * MB),
+            handshake_timeout=config.comfy_timeout)
         self._lock = RLock()             # one writer at a time: listener, reconciler, submit, cancel
         self._reconciling = RLock()      # one reconcile at a time
         self._posting: set[str] = set()  # submitted, POST /prompt not answered yet
@@ -186,8 +190,8 @@ class Monitor:
                 return self._decorate(job, brief=True)
         return None
 
-    def get_job(self, job_id: str) -> dict | None:
-        job = self.store.get(job_id)
+    def get_job(self, job_id: str, graph: bool = True) -> dict | None:
+        job = self.store.get(job_id, graph=graph)
         if not job:
             return None
         return self._decorate(job, self._position(job_id) if job["status"] == "queued" else None)
@@ -206,6 +210,8 @@ class Monitor:
             "listener_age_s": round(now - st["started_at"], 1) if st["started_at"] else None,
             "last_error": st["last_error"],
             "bad_frames": st["bad_frames"],
+            "previews_dropped": st.get("previews_dropped", 0),
+            "dropped_connections": st.get("dropped_connections", 0),
             "reconciled_at": iso_from_epoch(self.reconciled_at),
             "features": self.comfy.features.as_dict(),
         }
@@ -234,6 +240,7 @@ class Monitor:
             raise SubmitError(503, "ComfyUI is not connected; try again when the monitor shows LIVE")
         prompt_id = prompt_id or str(uuid.uuid4())
         outputs = graphs.output_nodes_guess(prompt)
+        graph_json = json.dumps(prompt, separators=(",", ":"))   # once, for the record and for ComfyUI
         output_dir = (os.path.join(self.config.comfyui_output_dir, job_folder)
                       if self.config.comfyui_output_dir and job_folder else None)
         job = {
@@ -242,7 +249,7 @@ class Monitor:
             "workflow_name": workflow_name or graphs.workflow_name(prompt, {}),
             "params": params or {}, "seeds": seeds if seeds is not None else graphs.seeds(prompt),
             "prompt_excerpt": graphs.prompt_excerpt(prompt), "job_folder": job_folder,
-            "output_dir": output_dir, "client_id": self.client_id, "graph": prompt,
+            "output_dir": output_dir, "client_id": self.client_id, "graph": RawJSON(graph_json),
             "outputs_to_execute": outputs, "input_image": _input_image(prompt),
         }
         with self._lock:
@@ -251,20 +258,21 @@ class Monitor:
             self.tracker.register(prompt_id, prompt, outputs, client_id=self.client_id)
             self._posting.add(prompt_id)
             self.events.emit("job.queued", f"Job {prompt_id[:8]} queued", data={"id": prompt_id})
-        body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
+        body = {"client_id": self.client_id, "prompt_id": prompt_id}
         if self.comfy.features.jobs_api:
             # Newer servers honour a per-prompt preview method even when started with `none`.
             body["extra_data"] = {"preview_method": "auto"}
+        body = RawJSON('{"prompt":' + graph_json + "," + json.dumps(body)[1:])
         try:
             answer = self.comfy.post_prompt(body)
         except ComfyRejected as exc:
             message, details = _rejection_message(exc, prompt)
             self._settle(prompt_id, "failed", error={"message": message, "node_errors": details})
-            raise SubmitError(400 if exc.status < 500 else 502, message, details, self.get_job(prompt_id))
+            raise SubmitError(400 if exc.status < 500 else 502, message, details, self.get_job(prompt_id, graph=False))
         except ComfyUnavailable as exc:
             # Refused or timed out: it may or may not be queued. The reconciler decides from /queue.
             log.warning("POST /prompt for %s failed: %s", prompt_id, exc)
-            raise SubmitError(502, f"ComfyUI did not answer: {exc}", job=self.get_job(prompt_id))
+            raise SubmitError(502, f"ComfyUI did not answer: {exc}", job=self.get_job(prompt_id, graph=False))
         finally:
             self._posting.discard(prompt_id)
         fields = {}
@@ -278,7 +286,7 @@ class Monitor:
             with self._lock:
                 self.store.update(prompt_id, **fields)
         self._wake.set()
-        return self.get_job(prompt_id)
+        return self.get_job(prompt_id, graph=False)   # the caller has the graph: no megabytes echoed back
 
     def cancel(self, job_id: str) -> dict:
         """Interrupt a running job or remove a queued one. Only what ComfyUI accepted leaves a trace:
@@ -322,7 +330,7 @@ class Monitor:
                 # It started between our two looks: interrupt it instead.
                 try:
                     self.comfy.interrupt(job_id)
-                except ComfyUnavailable as exc:
+                except (ComfyRejected, ComfyUnavailable) as exc:
                     log.warning("interrupting %s after it started failed: %s", job_id, exc)
             elif after is not None and job_id not in after.ids:
                 self._settle(job_id, "cancelled")
@@ -613,13 +621,18 @@ class Monitor:
         while True:
             self._wake.wait(timeout=self.config.reconcile_interval)
             self._wake.clear()
+            took = 0.0
             if self.listener.connected:
+                started = time.monotonic()
                 try:
                     self.reconcile()
                 except Exception:
                     log.exception("reconcile failed")
+                took = time.monotonic() - started
             self._forget_finished()
-            gevent.sleep(0.3)  # debounce bursts of status messages
+            # Debounce bursts of status messages; a queue of big graphs (tens of MB from /queue) is read at
+            # most a fifth of the time, however often ComfyUI says the queue changed.
+            gevent.sleep(min(max(0.3, 4 * took), 5.0))
 
     def reconcile(self) -> None:
         # One at a time: the one after a (re)connect and the periodic one would otherwise both count
@@ -753,7 +766,7 @@ class Monitor:
             self.tracker.register(pid, graph, outputs, number=fields["number"],
                                   client_id=extra.get("client_id"), status=job["status"])
             self._graphless.discard(pid)
-        elif outputs and job.get("outputs_to_execute") != outputs:
+        elif outputs and set(job.get("outputs_to_execute") or ()) != set(outputs):   # ComfyUI's order varies
             job = self.store.update(pid, outputs_to_execute=outputs)
             self.tracker.register(pid, graph, outputs, number=job.get("number"),
                                   client_id=job.get("client_id"), status=job["status"])

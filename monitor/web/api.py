@@ -343,6 +343,8 @@ def view():
     def body():
         try:
             yield from upstream.iter_content(chunk_size=64 * 1024)
+        except ComfyUnavailable as exc:   # cut off at the body's deadline: end the stream, quietly
+            current_app.logger.warning("/api/view: %s", exc)
         finally:
             upstream.close()
 

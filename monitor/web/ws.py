@@ -6,6 +6,7 @@ import socket
 from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
 
+from ..hub import ReaderThread
 from .security import origin_allowed
 
 bp = Blueprint("ws", __name__)
@@ -57,6 +58,8 @@ def init_app(app) -> None:
     # No simple-websocket ping_interval: its ping thread would write to the socket concurrently with the
     # hub's sender greenlet; the hub sends the pings (every Hub.ping_interval, 25 s) and checks the pongs.
     # Messages above max_message_size close the socket (1009); smaller junk is ignored by the hub.
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": None, "max_message_size": 64 * 1024})
+    # thread_class: the reader that yields and counts from the very first frame (Hub.serve starts later).
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": None, "max_message_size": 64 * 1024,
+                                                  "thread_class": ReaderThread})
     app.register_blueprint(bp)
     sock.init_app(app)
