@@ -178,6 +178,12 @@ class ComfyClient:
         self._answered_well("GET", path)
         return entry
 
+    def get_history_recent(self, max_items: int) -> dict[str, dict]:
+        """The newest `max_items` history entries, {prompt_id: entry} (entries that are not objects left out)."""
+        data = self._object("GET", "/history", params={"max_items": int(max_items)})
+        self._answered_well("GET", "/history")
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, dict)}
+
     def system_stats(self, timeout: float = 5.0) -> dict:
         stats = self._object("GET", "/system_stats", timeout=timeout)
         self._answered_well("GET", "/system_stats")

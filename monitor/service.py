@@ -32,6 +32,7 @@ LINGER_S = 30.0        # finished prompts stay in the tracker this long (late pr
 STALLED_KEEP_S = 600.0  # a stalled job is watched this long in case ComfyUI reports it after all
 MISSES_BEFORE_LOST = 2  # reconciles in a row that must not find a job before it is declared stalled
 ADOPT_PER_PASS = 200    # new jobs learned from ComfyUI per reconcile: a hostile server cannot flood the store
+SWEEP_ITEMS = 16        # newest /history entries looked at when a prompt we never saw has finished
 STALLED_RECHECK_S = 15.0
 STALLED_ASKS_PER_PASS = 10
 PRUNE_FIRST_S, PRUNE_EVERY_S = 30.0, 600.0
@@ -71,6 +72,8 @@ class Monitor:
                                admit=self._admit)
         self._adopt_budget = ADOPT_PER_PASS
         self._adopt_refused = 0
+        self._queue_remaining: int | None = None   # from ComfyUI's last `status`
+        self._sweep_due = False
         self.comfy = ComfyClient(config.comfy_base, auth=config.comfy_auth, timeout=config.comfy_timeout)
         self.telemetry = Telemetry(config, comfy=self.comfy, interval=config.telemetry_interval)
         self.workflows = load_workflows(config.workflows_dir)
@@ -355,6 +358,10 @@ class Monitor:
 
     def _on_text(self, msg_type: str, data: dict) -> None:
         if msg_type == "status":
+            remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
+            if isinstance(remaining, int) and self._queue_remaining is not None and remaining < self._queue_remaining:
+                self._sweep_due = True   # a prompt finished: was it one we never saw?
+            self._queue_remaining = remaining if isinstance(remaining, int) else None
             self._wake.set()  # the queue changed: someone may have queued a prompt
             return
         with self._lock:
@@ -669,6 +676,9 @@ class Monitor:
                 if index % 50 == 49:
                     gevent.sleep(0)   # a long queue: let requests in (views read without this lock)
         self._recheck_stalled(view)
+        if self._sweep_due:
+            self._sweep_due = False
+            self._sweep_history()
         if complete and self._disconnects == epoch:
             self._reconciled_epoch = epoch
         self.reconciled_at = time.time()
@@ -745,17 +755,8 @@ class Monitor:
         if job is not None and job["status"] not in ("queued", "running"):
             return   # settled meanwhile; /queue lags a finished prompt only by moments
         if job is None or pid in self._graphless or (brief is None and not job.get("graph")):
-            mine = extra.get("client_id") == self.client_id
-            created = iso_from_epoch_ms(extra.get("create_time")) if isinstance(
-                extra.get("create_time"), (int, float)) else None
-            fields = {
-                "source": "local" if mine else "external",
-                "workflow_name": graphs.workflow_name(graph, extra),
-                "prompt_excerpt": graphs.prompt_excerpt(graph), "seeds": graphs.seeds(graph),
-                "number": float(number) if isinstance(number, (int, float)) else None,
-                "client_id": extra.get("client_id"), "graph": graph, "outputs_to_execute": outputs,
-                "input_image": _input_image(graph),
-            }
+            fields, created = self._fields_from_entry(entry)
+            mine = fields["source"] == "local"
             if job is None:
                 job = self.store.create({"id": pid, "status": "queued",
                                          **({"queued_at": created} if created else {}), **fields})
@@ -782,6 +783,55 @@ class Monitor:
             self.tracker.register(pid, graph, outputs, number=job.get("number"),
                                   client_id=job.get("client_id"), status="running")
             self._mark_running(pid)
+
+    def _fields_from_entry(self, entry: list) -> tuple[dict, str | None]:
+        """A job's fields from a /queue entry (or a /history entry's `prompt`), and its queue time if known."""
+        number, graph, extra, outputs = entry[0], entry[2], entry[3], entry[4]
+        extra = extra if isinstance(extra, dict) else {}
+        created = iso_from_epoch_ms(extra.get("create_time")) if isinstance(
+            extra.get("create_time"), (int, float)) else None
+        return {
+            "source": "local" if extra.get("client_id") == self.client_id else "external",
+            "workflow_name": graphs.workflow_name(graph, extra),
+            "prompt_excerpt": graphs.prompt_excerpt(graph), "seeds": graphs.seeds(graph),
+            "number": float(number) if isinstance(number, (int, float)) else None,
+            "client_id": extra.get("client_id"), "graph": graph,
+            "outputs_to_execute": [str(o) for o in outputs] if isinstance(outputs, list) else None,
+            "input_image": _input_image(graph),
+        }, created
+
+    def _sweep_history(self) -> None:
+        """Prompts that ComfyUI ran entirely between two of our looks at /queue (a fast job queued from its
+        own UI) are only in its /history: after something finished, look at the newest entry, and if we
+        never saw it, at the newest few, and record the ones that ran while we watched."""
+        try:
+            recent = self.comfy.get_history_recent(1)
+            if all(self.store.status(pid) is not None for pid in recent):
+                return
+            recent = self.comfy.get_history_recent(SWEEP_ITEMS)
+        except (ComfyRejected, ComfyUnavailable) as exc:
+            log.debug("history sweep: %s", exc)
+            return
+        for pid, entry in recent.items():
+            prompt = entry.get("prompt")
+            if self.store.status(pid) is not None or not (
+                    isinstance(prompt, list) and len(prompt) >= 5 and isinstance(prompt[2], dict)):
+                continue
+            status, fields = reconciler.settlement_from_history(entry)
+            started = fields.get("started_ms")
+            if started is None or started / 1000.0 < self.started_at - 60 or not self._take_budget():
+                continue   # from before this monitor watched: not ours to import
+            job_fields, created = self._fields_from_entry(prompt)
+            with self._lock:
+                if self.store.status(pid) is not None:
+                    continue
+                self.store.create({"id": pid, "status": "queued",
+                                   "queued_at": created or iso_from_epoch_ms(started), **job_fields})
+                self.tracker.register(pid, job_fields["graph"], job_fields["outputs_to_execute"],
+                                      number=job_fields["number"], client_id=job_fields["client_id"])
+            self._settle(pid, status, error=fields.get("error"), outputs=fields.get("outputs"),
+                         finished_at=iso_from_epoch_ms(fields.get("finished_ms")),
+                         started_at=iso_from_epoch_ms(started), history=fields)
 
     def _forget_finished(self) -> None:
         now = time.time()

@@ -354,3 +354,26 @@ def test_a_job_wrongly_declared_stalled_takes_the_state_comfyui_reports_and_says
     finally:
         server.stop_app()
         fake.stop()
+
+
+def test_a_foreign_prompt_that_ran_between_two_looks_at_the_queue_is_recorded_from_history(tmp_path):
+    fake = FakeComfy()
+    server = LiveServer(fake, str(tmp_path / "data"))
+    try:
+        wait_for(lambda: server.monitor.reconciled_at, what="the first reconcile")
+        held = {}
+
+        def queue_after_it_finished():   # /queue answers only once the prompt is over: never listed
+            if "id" in held:
+                wait_for(lambda: held["id"] in fake.history, what="ComfyUI to finish it")
+
+        fake.hooks[("GET", "/queue")] = queue_after_it_finished
+        foreign = fake.add_foreign()
+        held["id"] = foreign.prompt_id
+        job = server.wait_status(foreign.prompt_id, "completed")
+        assert job["source"] == "external" and job["node_total"] and job["node_done"] == job["node_total"]
+        assert same_instant(job["started_at"], comfy_started_at(fake, foreign.prompt_id))
+        assert [e["kind"] for e in events_of(server, foreign.prompt_id)] == ["job.completed"]
+    finally:
+        server.stop_app()
+        fake.stop()
