@@ -58,14 +58,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 
 
-CHECKPOINT_EVERY = 32   # commits between WAL checkpoints
-
-
-def _threadpool():
-    import gevent
-    return gevent.get_hub().threadpool
-
-
 class StoreError(RuntimeError):
     """The database cannot be opened or written; the message names the path and the fix."""
 
@@ -116,9 +108,6 @@ class JobStore:
         self._lock = threading.RLock()  # looked up at call time, so gevent's when patched
         self._generation = 0            # bumped by every write: a cached read is valid while unchanged
         self._active_brief: tuple[int, list[dict]] | None = None
-        self._commits = 0
-        self._checkpointing = None      # the AsyncResult of a checkpoint running in a worker thread
-        self._checkpoint_conn: sqlite3.Connection | None = None
         self._conn = self._open()
 
     # --- connection -----------------------------------------------------------------------------
@@ -137,13 +126,14 @@ class JobStore:
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout=5000")
+            # A new database gives pages freed by retention back to the file system (incremental_vacuum in
+            # prune_step); this only takes effect before the first table exists.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"could not enable WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints (copying the WAL into the database, with an fsync) run in a worker thread, not in
-            # the commit of whichever greenlet wrote last: with megabyte graphs that was a 100 ms stall.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")   # the WAL file shrinks back
             self._migrate(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open job database {self.path}: {exc}; check that the file and "
@@ -182,7 +172,6 @@ class JobStore:
             finally:
                 self._generation += 1
             self._conn.execute("COMMIT")
-            self._after_commit()
 
     def _query(self, sql: str, params=()) -> list[sqlite3.Row]:
         with self._lock:
@@ -190,34 +179,7 @@ class JobStore:
 
     def close(self) -> None:
         with self._lock:
-            pending = self._checkpointing
-            if pending is not None:
-                pending.wait(10)
             self._conn.close()
-            if self._checkpoint_conn is not None:
-                self._checkpoint_conn.close()
-                self._checkpoint_conn = None
-
-    def _after_commit(self) -> None:
-        self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY and self._checkpointing is None:
-            self._commits = 0
-            self._checkpointing = _threadpool().spawn(self.checkpoint)
-            self._checkpointing.rawlink(self._checkpoint_done)
-
-    def _checkpoint_done(self, _result) -> None:
-        self._checkpointing = None
-
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE: never waits for or blocks a writer). Thread-safe: its
-        own connection, used only here."""
-        try:
-            if self._checkpoint_conn is None:
-                self._checkpoint_conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                                                        check_same_thread=False)
-            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:
-            log.warning("WAL checkpoint failed (retried after more writes): %s", exc)
 
     # --- jobs -----------------------------------------------------------------------------------
     @staticmethod
@@ -373,6 +335,8 @@ class JobStore:
         return [_row_to_job(r, names) for r in rows]
 
 
+VACUUM_PAGES = 512    # pages (4 KiB) handed back per prune step
+BATCH_BYTES = 4 * 1024 * 1024   # graphs dropped per prune step, at most (one graph always)
 _FINISHED_SQL = "status IN ({})".format(", ".join(f"'{s}'" for s in sorted(FINISHED)))
 _AGE_SQL = "COALESCE(finished_at, queued_at)"
 
@@ -392,23 +356,37 @@ def prune_step(store: "JobStore", *, keep_days: float, keep_jobs: int, graph_bud
                 f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {_FINISHED_SQL} "
                 f"ORDER BY {_AGE_SQL}, rowid LIMIT ?)", (min(batch, excess),)).rowcount
         return done
-    old = [r["id"] for r in store._query(
-        f"SELECT id FROM jobs WHERE {_FINISHED_SQL} AND graph IS NOT NULL AND {_AGE_SQL} < ? LIMIT ?",
-        (cutoff, batch))]
+    old, size = [], 0
+    for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph IS NOT NULL "
+                            f"AND {_AGE_SQL} < ? LIMIT ?", (cutoff, batch)):
+        old.append(row["id"])
+        size += row["graph_bytes"] or 0
+        if size >= BATCH_BYTES:   # freeing megabytes of pages is what takes time in one transaction
+            break
     if not old:
-        total, old = 0, []
+        total = 0
         for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph IS NOT NULL "
                                 f"ORDER BY {_AGE_SQL} DESC, rowid DESC"):
             total += row["graph_bytes"] or 0
             if total > graph_budget:
                 old.append(row["id"])
-                if len(old) >= batch:
+                size += row["graph_bytes"] or 0
+                if len(old) >= batch or size >= BATCH_BYTES:
                     break
     if old:
         with store._write() as conn:
             done["graphs_dropped"] = conn.execute(
                 f"UPDATE jobs SET graph = NULL, graph_bytes = NULL WHERE id IN ({', '.join('?' for _ in old)})",
                 old).rowcount
+        return done
+    # Nothing left to drop: hand freed pages back, a few megabytes at a time (a no-op unless the database
+    # was created with auto_vacuum=INCREMENTAL, as new ones are).
+    free = store._query("PRAGMA freelist_count")[0][0]
+    if free and store._query("PRAGMA auto_vacuum")[0][0] == 2:
+        with store._lock:
+            # executescript steps the pragma to the end (execute() would free a single page).
+            store._conn.executescript(f"PRAGMA incremental_vacuum({min(free, VACUUM_PAGES)});")
+        done["pages_freed"] = max(0, free - store._query("PRAGMA freelist_count")[0][0])
     return done
 
 

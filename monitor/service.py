@@ -600,7 +600,7 @@ class Monitor:
     def prune(self) -> dict:
         """Retention (MONITOR_KEEP_DAYS, MONITOR_KEEP_JOBS, MONITOR_KEEP_GRAPHS_MB), in small batches
         that let requests in between; off the request path."""
-        cfg, total = self.config, {"deleted": 0, "graphs_dropped": 0}
+        cfg, total = self.config, {"deleted": 0, "graphs_dropped": 0, "pages_freed": 0}
         while True:
             step = prune_step(self.store, keep_days=cfg.keep_days, keep_jobs=cfg.keep_jobs,
                               graph_budget=int(cfg.keep_graphs_mb * 1024 * 1024))
@@ -610,7 +610,8 @@ class Monitor:
                 break
             gevent.sleep(0.01)
         if any(total.values()):
-            log.info("retention: %d old jobs deleted, %d graphs dropped", total["deleted"], total["graphs_dropped"])
+            log.info("retention: %d old jobs deleted, %d graphs dropped, %d MB returned to the file system",
+                     total["deleted"], total["graphs_dropped"], total["pages_freed"] * 4 // 1024)
         return total
 
     def flush_outputs(self) -> None:
