@@ -19,6 +19,7 @@ SCRIPTS = [
     ("memory.py", ["--quick"], ["machine:", "final states: 150 jobs, 150 as expected, 0 wrong", "RSS growth"]),
     ("ingest.py", ["--seconds", "0.3"], ["msg/s"]),
     ("loop_lag.py", ["--duration", "1", "--slow", "0.3", "--interval", "0.5"], ["machine:", "with the sampler"]),
+    ("burst.py", ["--quick"], ["machine:", "duplicates 0, missing 0", "with two running jobs: 0"]),
 ]
 
 
