@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 
 from .timeutil import UTC, epoch_from_iso, iso_from_epoch, utcnow_iso
 
@@ -56,6 +57,21 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ("ALTER TABLE jobs ADD COLUMN graph_bytes INTEGER",
      "UPDATE jobs SET graph_bytes = length(CAST(graph AS BLOB)) WHERE graph IS NOT NULL"),
 ]
+
+
+CHECKPOINT_WAL_BYTES = 8 * 1024 * 1024     # a checkpoint starts in a worker thread once the WAL is this big
+CHECKPOINT_WAL_MAX = 128 * 1024 * 1024    # past this, the writer checkpoints itself
+
+
+def _start_os_thread(target) -> None:
+    """An OS thread even under gevent's monkey patching (a greenlet would hold the loop while in C)."""
+    try:
+        from gevent import monkey
+        start = monkey.get_original("_thread", "start_new_thread")
+    except ImportError:
+        import _thread
+        start = _thread.start_new_thread
+    start(target, ())
 
 
 class StoreError(RuntimeError):
@@ -108,6 +124,7 @@ class JobStore:
         self._lock = threading.RLock()  # looked up at call time, so gevent's when patched
         self._generation = 0            # bumped by every write: a cached read is valid while unchanged
         self._active_brief: tuple[int, list[dict]] | None = None
+        self._checkpointing = False   # a WAL checkpoint is running in an OS thread
         self._conn = self._open()
 
     # --- connection -----------------------------------------------------------------------------
@@ -134,6 +151,9 @@ class JobStore:
                 raise sqlite3.OperationalError(f"could not enable WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")   # the WAL file shrinks back
+            # Checkpoints (copying the WAL into the database, with fsyncs) run in a worker thread rather than
+            # in the commit of whichever greenlet wrote last (see _after_commit).
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open job database {self.path}: {exc}; check that the file and "
@@ -172,6 +192,7 @@ class JobStore:
             finally:
                 self._generation += 1
             self._conn.execute("COMMIT")
+            self._after_commit()
 
     def _query(self, sql: str, params=()) -> list[sqlite3.Row]:
         with self._lock:
@@ -179,7 +200,39 @@ class JobStore:
 
     def close(self) -> None:
         with self._lock:
+            for _ in range(1000):   # a checkpoint still copying: let it finish (at most 10 s)
+                if not self._checkpointing:
+                    break
+                time.sleep(0.01)
             self._conn.close()
+
+    def _after_commit(self) -> None:
+        try:
+            wal = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if wal < CHECKPOINT_WAL_BYTES:
+            return
+        if not self._checkpointing:
+            self._checkpointing = True   # cleared by the worker itself
+            _start_os_thread(self._checkpoint)
+        elif wal > CHECKPOINT_WAL_MAX:
+            # Writes outpace the worker: copy here, so that the WAL cannot grow without bound.
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpoint(self) -> None:
+        """PASSIVE: never waits for or blocks a writer. Its own connection: sqlite3 releases the GIL
+        while it copies and syncs, so the event loop runs meanwhile."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed (tried again after more writes): %s", exc)
+        finally:
+            self._checkpointing = False
 
     # --- jobs -----------------------------------------------------------------------------------
     @staticmethod

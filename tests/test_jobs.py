@@ -398,3 +398,20 @@ def test_kill_9_mid_burst_leaves_a_consistent_database(db):
     assert seqs == sorted(seqs) and len(seqs) >= committed + 1
     assert bus.emit("job.queued", "after crash")["seq"] > seqs[-1]
     store.close()
+
+
+def test_wal_checkpoints_run_in_a_worker_thread_not_in_the_writer(tmp_path):
+    import time
+    store = JobStore(tmp_path / "db.sqlite3")
+    try:
+        assert store._query("PRAGMA wal_autocheckpoint")[0][0] == 0   # commits never checkpoint themselves
+        graph = {"1": {"class_type": "SaveImage", "inputs": {"pad": "x" * 1_000_000}}}
+        for i in range(12):   # 12 MB: past the threshold that starts a checkpoint
+            store.create({"id": f"j{i}", "status": "queued", "graph": graph})
+        deadline = time.time() + 20
+        while os.path.getsize(tmp_path / "db.sqlite3") < 10_000_000 and time.time() < deadline:
+            time.sleep(0.05)
+        assert os.path.getsize(tmp_path / "db.sqlite3") >= 10_000_000, "the WAL was copied into the database"
+    finally:
+        store.close()
+    assert not store._checkpointing
