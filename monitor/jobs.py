@@ -56,6 +56,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # Retention: a graph's stored size, so that old graphs can be dropped to a budget without reading them.
     ("ALTER TABLE jobs ADD COLUMN graph_bytes INTEGER",
      "UPDATE jobs SET graph_bytes = length(CAST(graph AS BLOB)) WHERE graph IS NOT NULL"),
+    # Graphs in a table of their own: SQLite rewrites a whole row on any update, so a status change of a
+    # job with a megabyte graph rewrote the megabyte. jobs.graph stays, always NULL.
+    ("CREATE TABLE job_graphs (id TEXT PRIMARY KEY, graph TEXT NOT NULL)",
+     "INSERT INTO job_graphs (id, graph) SELECT id, graph FROM jobs WHERE graph IS NOT NULL",
+     "UPDATE jobs SET graph = NULL WHERE graph IS NOT NULL"),
 ]
 
 
@@ -260,10 +265,31 @@ class JobStore:
 
     @staticmethod
     def _columns(job: dict) -> dict:
-        columns = {k: (None if v is None else _dumps(v)) if k in JSON_FIELDS else v for k, v in job.items()}
-        if "graph" in columns:
-            columns["graph_bytes"] = None if columns["graph"] is None else len(columns["graph"].encode())
+        """The jobs table's columns for these fields; a graph goes to job_graphs (_put_graph)."""
+        columns = {k: (None if v is None else _dumps(v)) if k in JSON_FIELDS else v
+                   for k, v in job.items() if k != "graph"}
+        if "graph" in job:
+            columns["graph_bytes"] = None if job["graph"] is None else len(_dumps(job["graph"]).encode())
         return columns
+
+    @staticmethod
+    def _put_graph(conn, job_id, graph) -> None:
+        if graph is None:
+            conn.execute("DELETE FROM job_graphs WHERE id = ?", (job_id,))
+        else:
+            conn.execute("INSERT OR REPLACE INTO job_graphs (id, graph) VALUES (?, ?)", (job_id, _dumps(graph)))
+
+    def _with_graphs(self, jobs: list[dict]) -> list[dict]:
+        """Fill in each job's `graph` from job_graphs (one query per 500 jobs)."""
+        for start in range(0, len(jobs), 500):
+            chunk = jobs[start:start + 500]
+            rows = self._query(f"SELECT id, graph FROM job_graphs WHERE id IN ({', '.join('?' for _ in chunk)})",
+                               tuple(j["id"] for j in chunk))
+            graphs = {r["id"]: r["graph"] for r in rows}
+            for job in chunk:
+                raw = graphs.get(job["id"])
+                job["graph"] = json.loads(raw) if raw is not None else None
+        return jobs
 
     def create(self, job: dict) -> dict:
         """Insert a new job; ValueError on unknown fields, a bad status or an existing id."""
@@ -282,6 +308,8 @@ class JobStore:
         try:
             with self._write() as conn:
                 conn.execute(sql, tuple(columns.values()))
+                if record["graph"] is not None:
+                    self._put_graph(conn, record["id"], record["graph"])
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"job {record['id']!r} already exists") from exc
         record.pop("graph", None)   # as update(): without the graph, which the caller has
@@ -333,6 +361,8 @@ class JobStore:
                 columns = self._columns(changed)
                 assignments = ", ".join(f"{name} = ?" for name in columns)
                 conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
+            if "graph" in fields:
+                self._put_graph(conn, job_id, fields["graph"])
         record.pop("graph", None)
         return True, json.loads(_dumps(record))   # as get() would return it (JSON round trip)
 
@@ -345,8 +375,8 @@ class JobStore:
         if not graph:
             rows = self._query(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
             return _row_to_job(rows[0], _BRIEF_NAMES) if rows else None
-        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return _row_to_job(rows[0]) if rows else None
+        job = self.get(job_id, graph=False)
+        return self._with_graphs([job])[0] if job else None
 
     @property
     def generation(self) -> int:
@@ -358,9 +388,9 @@ class JobStore:
         graph=False leaves the `graph` key out (neither read nor parsed): for lists and status checks."""
         if graph:
             rows = self._query(
-                "SELECT * FROM jobs WHERE status IN ('running', 'queued') "
+                f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE status IN ('running', 'queued') "
                 "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid")
-            return [_row_to_job(r) for r in rows]
+            return self._with_graphs([_row_to_job(r, _BRIEF_NAMES) for r in rows])
         # The brief list is what the queue API, the cards and the reconciler read, often and unchanged
         # between writes: parsed once per store generation, handed out as shallow copies.
         with self._lock:
@@ -381,11 +411,11 @@ class JobStore:
             where, params = "status = ?", (status,)
         else:
             raise ValueError(f"history status must be one of {', '.join(sorted(FINISHED))}, got {status!r}")
-        columns, names = ("*", tuple(JOB_DEFAULTS)) if graph else (_BRIEF_COLUMNS, _BRIEF_NAMES)
         rows = self._query(
-            f"SELECT {columns} FROM jobs WHERE {where} "
+            f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE {where} "
             "ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit))
-        return [_row_to_job(r, names) for r in rows]
+        jobs = [_row_to_job(r, _BRIEF_NAMES) for r in rows]
+        return self._with_graphs(jobs) if graph else jobs
 
 
 VACUUM_PAGES = 512    # pages (4 KiB) handed back per prune step
@@ -405,12 +435,14 @@ def prune_step(store: "JobStore", *, keep_days: float, keep_jobs: int, graph_bud
     excess = store._query(f"SELECT COUNT(*) AS n FROM jobs WHERE {_FINISHED_SQL}")[0]["n"] - keep_jobs
     if excess > 0:
         with store._write() as conn:
-            done["deleted"] = conn.execute(
-                f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {_FINISHED_SQL} "
-                f"ORDER BY {_AGE_SQL}, rowid LIMIT ?)", (min(batch, excess),)).rowcount
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {_FINISHED_SQL} "
+                                              f"ORDER BY {_AGE_SQL}, rowid LIMIT ?", (min(batch, excess),))]
+            marks = ", ".join("?" for _ in ids)
+            conn.execute(f"DELETE FROM job_graphs WHERE id IN ({marks})", ids)
+            done["deleted"] = conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
         return done
     old, size = [], 0
-    for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph IS NOT NULL "
+    for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph_bytes IS NOT NULL "
                             f"AND {_AGE_SQL} < ? LIMIT ?", (cutoff, batch)):
         old.append(row["id"])
         size += row["graph_bytes"] or 0
@@ -418,7 +450,7 @@ def prune_step(store: "JobStore", *, keep_days: float, keep_jobs: int, graph_bud
             break
     if not old:
         total = 0
-        for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph IS NOT NULL "
+        for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph_bytes IS NOT NULL "
                                 f"ORDER BY {_AGE_SQL} DESC, rowid DESC"):
             total += row["graph_bytes"] or 0
             if total > graph_budget:
@@ -428,9 +460,10 @@ def prune_step(store: "JobStore", *, keep_days: float, keep_jobs: int, graph_bud
                     break
     if old:
         with store._write() as conn:
+            marks = ", ".join("?" for _ in old)
+            conn.execute(f"DELETE FROM job_graphs WHERE id IN ({marks})", old)
             done["graphs_dropped"] = conn.execute(
-                f"UPDATE jobs SET graph = NULL, graph_bytes = NULL WHERE id IN ({', '.join('?' for _ in old)})",
-                old).rowcount
+                f"UPDATE jobs SET graph_bytes = NULL WHERE id IN ({marks})", old).rowcount
         return done
     # Nothing left to drop: hand freed pages back, a few megabytes at a time (a no-op unless the database
     # was created with auto_vacuum=INCREMENTAL, as new ones are).

@@ -415,3 +415,30 @@ def test_wal_checkpoints_run_in_a_worker_thread_not_in_the_writer(tmp_path):
     finally:
         store.close()
     assert not store._checkpointing
+
+
+def test_graphs_move_to_their_own_table_and_a_status_change_does_not_rewrite_them(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO jobs (id, status, queued_at, graph) VALUES "
+                 "('old', 'queued', '2026-01-01T00:00:00+00:00', '{\"1\": {\"class_type\": \"SaveImage\"}}')")
+    conn.commit()
+    conn.close()
+    store = JobStore(path)
+    try:
+        assert store.get("old")["graph"] == {"1": {"class_type": "SaveImage"}}
+        assert store._query("SELECT graph, graph_bytes FROM jobs")[0][:] == (None, len('{"1": {"class_type": "SaveImage"}}'))
+        big = {"1": {"class_type": "SaveImage", "inputs": {"pad": "x" * 2_000_000}}}
+        store.create({"id": "big", "status": "queued", "graph": big})
+        pages = store._query("PRAGMA page_count")[0][0]
+        for _ in range(20):   # would add 2 MB of rewritten row each time with the graph in the row
+            store.update("big", node_done=1)
+        store._query("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert store._query("PRAGMA page_count")[0][0] - pages < 100
+        assert store.get("big")["graph"] == big and store.active()[0]["graph"] is not None
+    finally:
+        store.close()
