@@ -2,6 +2,8 @@
 deterministically by holding the fake ComfyUI's answer to one request while the monitor moves on."""
 from __future__ import annotations
 
+import contextlib
+
 import gevent
 import requests
 
@@ -9,6 +11,17 @@ from fake_comfy import FakeComfy
 from live import LiveServer, recorded_prompt, wait_for
 from monitor import reconciler
 from monitor.timeutil import epoch_from_iso, iso_from_epoch_ms
+
+
+@contextlib.contextmanager
+def monitor_on(fake, tmp_path, **config):
+    """The real app served on loopback, watching `fake`; both stopped afterwards."""
+    server = LiveServer(fake, str(tmp_path / "data"), **config)
+    try:
+        yield server
+    finally:
+        server.stop_app()
+        fake.stop()
 
 
 def events_of(server: LiveServer, job_id: str, kind: str | None = None) -> list[dict]:
@@ -37,8 +50,7 @@ def pending_ids(fake) -> list[str]:
 # --- 1. a transition is applied once, from current state ------------------------------------------------
 def test_1_a_start_seen_by_the_tracker_and_a_stale_reconcile_is_applied_once(tmp_path):
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"), reconcile_interval=60)
-    try:
+    with monitor_on(fake, tmp_path, reconcile_interval=60) as server:
         wait_for(lambda: server.monitor.reconciled_at, what="the first reconcile")
         held = {}
 
@@ -60,16 +72,12 @@ def test_1_a_start_seen_by_the_tracker_and_a_stale_reconcile_is_applied_once(tmp
         assert len(events_of(server, job["id"], "job.started")) == 1
         # ComfyUI's execution_start time, not the moment the reconciler came by.
         assert same_instant(done["started_at"], comfy_started_at(fake, job["id"]))
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 # --- 2. a job running across a monitor restart ---------------------------------------------------------
 def test_2_a_restart_mid_run_keeps_the_start_time_and_the_cached_nodes(tmp_path):
     fake = FakeComfy(speed=0.25)   # 01b: 4 of 9 nodes cached, a 10-step sampler; ~7 s at this speed
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         job = server.submit()
         before = wait_for(lambda: (lambda p: p if p and p.get("step") else None)(
             server.monitor.get_job(job["id"])["progress"]), what="a sampler step")
@@ -88,15 +96,11 @@ def test_2_a_restart_mid_run_keeps_the_start_time_and_the_cached_nodes(tmp_path)
         done = server.wait_status(job["id"], "completed", timeout=30)
         assert same_instant(done["started_at"], comfy_started_at(fake, job["id"]))
         assert done["node_total"] == done["node_done"] == before["nodes_total"]
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_2_a_run_that_started_while_the_monitor_was_down_follows_steps_then_history_corrects_it(tmp_path):
     fake = FakeComfy(speed=0.25)
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         reference = server.submit()   # the same graph, watched from start to end
         reference = server.wait_status(reference["id"], "completed", timeout=30)
         assert reference["node_total"] and reference["node_done"] == reference["node_total"]
@@ -122,16 +126,12 @@ def test_2_a_run_that_started_while_the_monitor_was_down_follows_steps_then_hist
         assert corrected["cached_nodes"] == fake.history[job["id"]]["status"]["messages"][1][1]["nodes"]
         assert same_instant(corrected["started_at"], comfy_started_at(fake, job["id"]))
         assert corrected["duration_s"] > 0 and done["status"] == "completed"
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 # --- 3. a cancel the API refused leaves no trace ------------------------------------------------------
 def test_3_a_refused_cancel_does_not_take_effect_later(tmp_path):
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         ids = [server.submit()["id"] for _ in range(3)]
         fake.stop()
         wait_for(lambda: not server.monitor.listener.connected, what="the monitor to notice")
@@ -142,15 +142,11 @@ def test_3_a_refused_cancel_does_not_take_effect_later(tmp_path):
             server.wait_status(job_id, "stalled")
         records = [server.monitor.get_job(i) for i in ids]
         assert {r["status_reason"] for r in records} == {reconciler.RESTART_REASON}
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_3_a_cancel_of_a_job_that_just_finished_reports_how_it_ended(tmp_path):
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         foreign = fake.add_foreign()   # the monitor gets no messages for it
         server.wait_status(foreign.prompt_id, "queued")
         for greenlet in server.monitor._greenlets:   # no reconcile will notice that it ran
@@ -160,16 +156,12 @@ def test_3_a_cancel_of_a_job_that_just_finished_reports_how_it_ended(tmp_path):
         resp = server.post(f"/api/admin/jobs/{foreign.prompt_id}/cancel")
         assert resp.status_code == 409 and resp.json()["job"]["status"] == "completed"
         assert server.monitor.get_job(foreign.prompt_id)["status"] == "completed"
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 # --- 4. positions at once, never two running jobs -----------------------------------------------------
 def test_4_a_submitted_job_has_its_position_at_once_and_positions_never_have_gaps(tmp_path):
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"), reconcile_interval=60)
-    try:
+    with monitor_on(fake, tmp_path, reconcile_interval=60) as server:
         positions = [server.submit()["queue_position"] for _ in range(3)]
         assert positions == [1, 2, 3]
         seen = []
@@ -195,15 +187,11 @@ def test_4_a_submitted_job_has_its_position_at_once_and_positions_never_have_gap
             queued = [pos for status, pos in snapshot if status == "queued"]
             assert queued == list(range(1, len(queued) + 1)), snapshot
             assert sum(1 for status, _ in snapshot if status == "running") <= 1, snapshot
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_4_the_job_that_ran_before_is_settled_before_the_next_is_marked_running(tmp_path):
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"), reconcile_interval=60)
-    try:
+    with monitor_on(fake, tmp_path, reconcile_interval=60) as server:
         # Queued from ComfyUI's own UI: the monitor learns of their starts and ends from /queue and /history.
         first = fake.add_foreign("05_interrupt")   # runs until interrupted
         second = fake.add_foreign()
@@ -227,17 +215,13 @@ def test_4_the_job_that_ran_before_is_settled_before_the_next_is_marked_running(
         server.wait_status(second.prompt_id, "completed", timeout=30)
         assert seen_running and all(len(ids) <= 1 for ids in seen_running), seen_running
         assert len(events_of(server, second.prompt_id, "job.started")) == 1
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_4_a_prompt_that_starts_without_telling_us_the_last_one_ended_settles_that_one_first(tmp_path):
     # Prompts posted without a client id: ComfyUI broadcasts their progress but no start or end message,
     # so the tracker learns of the end of one only when the next one's progress arrives.
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"), reconcile_interval=60)
-    try:
+    with monitor_on(fake, tmp_path, reconcile_interval=60) as server:
         wait_for(lambda: server.monitor.reconciled_at, what="the first reconcile")
         for greenlet in server.monitor._greenlets:   # only the listener's path is under test
             greenlet.kill()
@@ -250,16 +234,12 @@ def test_4_a_prompt_that_starts_without_telling_us_the_last_one_ended_settles_th
         server.wait_status(second.prompt_id, "running")
         assert seen_running and all(len(ids) <= 1 for ids in seen_running), seen_running
         assert running_ids(server) == [second.prompt_id]
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 # --- 5. finished records that read right --------------------------------------------------------------
 def test_5_an_external_job_settled_from_history_counts_its_nodes_like_a_local_one(tmp_path):
     fake = FakeComfy()
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         local = server.wait_status(server.submit()["id"], "completed")
         foreign = fake.add_foreign()
         external = server.wait_status(foreign.prompt_id, "completed", timeout=30)
@@ -267,15 +247,11 @@ def test_5_an_external_job_settled_from_history_counts_its_nodes_like_a_local_on
         assert local["node_total"] and local["node_done"] == local["node_total"]
         assert (external["node_total"], external["node_done"]) == (local["node_total"], local["node_done"])
         assert same_instant(external["started_at"], comfy_started_at(fake, foreign.prompt_id))
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_5_a_job_that_finished_while_the_monitor_was_down_counts_its_nodes(tmp_path):
     fake = FakeComfy(speed=0.5)
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         local = server.wait_status(server.submit()["id"], "completed", timeout=30)
         job = server.submit()
         server.wait_status(job["id"], "running")
@@ -285,15 +261,11 @@ def test_5_a_job_that_finished_while_the_monitor_was_down_counts_its_nodes(tmp_p
         done = server.wait_status(job["id"], "completed")
         assert (done["node_total"], done["node_done"]) == (local["node_total"], local["node_done"])
         assert same_instant(done["started_at"], comfy_started_at(fake, job["id"]))
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_5_stalled_jobs_record_when_the_monitor_decided(tmp_path):
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         older = server.wait_status(server.submit()["id"], "queued")
         fake.resume()
         server.wait_status(older["id"], "completed")
@@ -305,15 +277,11 @@ def test_5_stalled_jobs_record_when_the_monitor_decided(tmp_path):
         assert stalled["finished_at"] and stalled["finished_at"] >= stalled["queued_at"]
         history = server.get("/api/admin/history").json()["jobs"]
         assert [j["id"] for j in history][:2] == [lost["id"], older["id"]]
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_5_a_queued_job_deleted_in_comfyui_by_someone_else_is_cancelled_with_the_reason(tmp_path):
     fake = FakeComfy(paused=True)
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         mine = server.submit()
         foreign = fake.add_foreign()
         wait_for(lambda: server.monitor.store.get(foreign.prompt_id), what="adoption")
@@ -325,15 +293,11 @@ def test_5_a_queued_job_deleted_in_comfyui_by_someone_else_is_cancelled_with_the
             job = server.wait_status(job_id, {"cancelled", "stalled"})
             assert (job["status"], job["status_reason"]) == ("cancelled", reconciler.REMOVED_REASON)
             assert job["finished_at"]
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_a_job_wrongly_declared_stalled_takes_the_state_comfyui_reports_and_says_why(tmp_path):
     fake = FakeComfy(speed=0.2)   # about 10 s of run
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         job = server.submit()
         server.wait_status(job["id"], "running")
         lies = {"left": 2}
@@ -351,15 +315,11 @@ def test_a_job_wrongly_declared_stalled_takes_the_state_comfyui_reports_and_says
         assert "marked stalled" in done["status_reason"]
         kinds = [e["kind"] for e in events_of(server, job["id"])]
         assert kinds.index("job.stalled") < kinds.index("job.recovered") < kinds.index("job.completed")
-    finally:
-        server.stop_app()
-        fake.stop()
 
 
 def test_a_foreign_prompt_that_ran_between_two_looks_at_the_queue_is_recorded_from_history(tmp_path):
     fake = FakeComfy()
-    server = LiveServer(fake, str(tmp_path / "data"))
-    try:
+    with monitor_on(fake, tmp_path) as server:
         wait_for(lambda: server.monitor.reconciled_at, what="the first reconcile")
         held = {}
 
@@ -374,6 +334,3 @@ def test_a_foreign_prompt_that_ran_between_two_looks_at_the_queue_is_recorded_fr
         assert job["source"] == "external" and job["node_total"] and job["node_done"] == job["node_total"]
         assert same_instant(job["started_at"], comfy_started_at(fake, foreign.prompt_id))
         assert [e["kind"] for e in events_of(server, foreign.prompt_id)] == ["job.completed"]
-    finally:
-        server.stop_app()
-        fake.stop()
