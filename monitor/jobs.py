@@ -21,7 +21,7 @@ SEVERITIES = ("info", "warning", "error")
 
 # Job dict fields in API order, with their defaults. JSON_FIELDS are stored as JSON text.
 JOB_DEFAULTS = {
-    "id": None, "source": "local", "workflow_id": None, "workflow_name": None,
+    "id": None, "host": None, "routed": None, "source": "local", "workflow_id": None, "workflow_name": None,
     "status": "queued", "status_reason": None, "queued_at": None, "started_at": None, "finished_at": None,
     "duration_s": None, "params": {}, "seeds": [], "input_image": None, "output_dir": None, "job_folder": None,
     "outputs": [], "error": None, "prompt_excerpt": None, "node_total": None, "node_done": None,
@@ -55,6 +55,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # Retention: a graph's stored size, so that old graphs can be dropped to a budget without reading them.
     ("ALTER TABLE jobs ADD COLUMN graph_bytes INTEGER",
      "UPDATE jobs SET graph_bytes = length(CAST(graph AS BLOB)) WHERE graph IS NOT NULL"),
+    # Fleet: the ComfyUI host a job ran on. Older rows get the first configured host at startup
+    # (JobStore.assign_host), since the schema cannot know its name.
+    # `routed`: why the fleet sent a submission to that host.
+    ("ALTER TABLE jobs ADD COLUMN host TEXT", "ALTER TABLE jobs ADD COLUMN routed TEXT"),
 ]
 
 
@@ -332,6 +336,11 @@ class JobStore:
             return _row_to_job(rows[0], _BRIEF_NAMES) if rows else None
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
+
+    def assign_host(self, name: str) -> int:
+        """Give jobs recorded before the fleet (no host) to `name`, the first configured host."""
+        with self._write() as conn:
+            return conn.execute("UPDATE jobs SET host = ? WHERE host IS NULL", (name,)).rowcount
 
     @property
     def generation(self) -> int:
