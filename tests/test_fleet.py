@@ -284,3 +284,18 @@ def test_routing_skips_hosts_that_lack_a_node_or_a_model(fakes, tmp_path):
         assert b.posted
     finally:
         server.stop_app()
+
+
+def test_view_proxies_the_named_hosts_files(fakes, tmp_path):
+    a, b = fakes(2)
+    png = b"\x89PNG\r\n\x1a\n" + b"b" * 32
+    b.add_file("output", "", "on_b.png", png)
+    server = fleet_server(tmp_path, {"a": a, "b": b})
+    try:
+        params = {"filename": "on_b.png", "type": "output"}
+        assert server.get("/api/view", params=params).status_code == 404, "not on the first host"
+        resp = server.get("/api/view", params={**params, "host": "b"})
+        assert resp.status_code == 200 and resp.content == png
+        assert server.get("/api/view", params={**params, "host": "zz"}).status_code == 400
+    finally:
+        server.stop_app()

@@ -329,6 +329,12 @@ def view():
         raise ApiError(400, "filename is required")
     _check_name(filename, "filename", allow_sep=False)
     subfolder = _check_name(args.get("subfolder", ""), "subfolder", allow_sep=True) if args.get("subfolder") else ""
+    comfy = mon().comfy   # the first host's, unless the file is on another (a job's "host")
+    if args.get("host"):
+        host = mon().by_name.get(args["host"])
+        if host is None:
+            raise ApiError(400, f"unknown host {args['host'][:40]!r}")
+        comfy = host.comfy
     kind = args.get("type", "output")
     if kind not in VIEW_TYPES:
         raise ApiError(400, f"type must be one of {sorted(VIEW_TYPES)}")
@@ -342,7 +348,7 @@ def view():
             raise ApiError(400, "channel must be rgba, rgb or a")
         params["channel"] = args["channel"]
     try:
-        upstream = mon().comfy.view(params)
+        upstream = comfy.view(params)
     except ComfyUnavailable:
         raise ApiError(502, "ComfyUI is not reachable")
     if upstream.status_code != 200:
