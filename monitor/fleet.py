@@ -47,7 +47,8 @@ class Fleet:
         self.hub.events_since = self.events.since  # a reconnecting page replays what it missed
         self.workflows = load_workflows(config.workflows_dir)
         self.hosts: list[Host] = [Host(config, spec, store=self.store, events=self.events, fleet=self,
-                                       client_id=client_id) for spec, client_id in zip(specs, client_ids)]
+                                       client_id=client_id, tag_events=len(specs) > 1)
+                                  for spec, client_id in zip(specs, client_ids)]
         self.by_name = {host.name: host for host in self.hosts}
         # This machine's sampler describes the host on loopback (or the only host, as before the fleet).
         local = next((h for h in self.hosts if h.spec.is_loopback), None)
@@ -88,10 +89,6 @@ class Fleet:
             self._lock_file = None
 
     # --- hosts --------------------------------------------------------------------------------
-    def where(self, host: Host) -> str:
-        """" on NAME" in messages when there are several hosts; nothing with one."""
-        return f" on {host.name}" if len(self.hosts) > 1 else ""
-
     def busy(self) -> bool:
         return any(host.busy for host in self.hosts)
 

@@ -49,13 +49,13 @@ class Host:
     """Everything about one ComfyUI server; the store, event bus and hub are the fleet's, shared."""
 
     def __init__(self, config: Config, spec: ComfyHost, *, store: JobStore, events: EventBus, fleet,
-                 client_id: str):
+                 client_id: str, tag_events: bool = False):
         self.config = config
         self.spec = spec
         self.name = spec.name
         self.fleet = fleet
         self.store = store
-        self.events = events
+        self.events = _HostEvents(events, spec.name) if tag_events else events
         self.hub = fleet.hub
         self.client_id = client_id
         self.tracker = Tracker(instant_types=set(graphs.DEFAULT_INSTANT_TYPES) | set(config.instant_nodes),
@@ -309,7 +309,7 @@ class Host:
 
     def _on_disconnect(self, reason: str) -> None:
         self._disconnects += 1
-        self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection{self.fleet.where(self)}: {reason}",
+        self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection: {reason}",
                          severity="warning", data={"host": self.name})
         self.hub.publish({"type": "comfy", **self.fleet.comfy_state()})
 
@@ -817,6 +817,18 @@ def _rejection_message(exc: ComfyRejected, prompt: dict) -> tuple[str, dict]:
 def _describe(error: dict) -> str:
     message, details = error.get("message") or "", error.get("details") or ""
     return f"{message} ({details})" if message and details else message or details
+
+
+class _HostEvents:
+    """With several hosts, each host's events say which host they are about ("[gpu1] Job … started", and
+    "host" in their data); with one, events read as before."""
+
+    def __init__(self, bus: EventBus, name: str):
+        self._bus, self._name = bus, name
+
+    def emit(self, kind, message, severity="info", data=None) -> dict:
+        return self._bus.emit(kind, f"[{self._name}] {message}", severity=severity,
+                              data={**(data or {}), "host": self._name})
 
 
 class DataDirBusy(SystemExit):

@@ -164,7 +164,10 @@ def test_one_host_killed_and_restarted_does_not_disturb_the_other(fakes, tmp_pat
         assert done["status"] == "completed"
         lost = [e for e in server.monitor.events.since(0) if e["kind"] == "comfy.disconnected"]
         assert lost and all((e["data"] or {}).get("host") == "b" for e in lost), lost
-        assert all(" on b" in e["message"] for e in lost)
+        assert all(e["message"].startswith("[b] Lost the ComfyUI connection") for e in lost)
+        started = [e for e in server.monitor.events.since(0) if e["kind"] == "job.started"]
+        assert {(e["data"]["id"], e["data"]["host"]) for e in started} == {(on_a["id"], "a"), (on_b["id"], "b")}
+        assert all(e["message"].startswith(f"[{e['data']['host']}] Job ") for e in started)
         # b works again afterwards.
         wait_for(lambda: server.monitor.by_name["b"].listener.connected, timeout=10, what="b to reconnect")
         b.speed = 10
@@ -219,6 +222,8 @@ def test_one_host_looks_as_before(fake_comfy, live_server):
     assert job["host"] == f"127.0.0.1:{fake_comfy.port}" and job["routed"] is None
     hosts = live_server.get("/api/admin/hosts").json()["hosts"]
     assert [h["name"] for h in hosts] == [f"127.0.0.1:{fake_comfy.port}"]
+    queued = [e for e in live_server.monitor.events.since(0) if e["kind"] == "job.queued"]
+    assert queued[0]["message"] == f"Job {job['id'][:8]} queued" and queued[0]["data"] == {"id": job["id"]}
 
 
 def test_existing_jobs_get_the_first_configured_host(tmp_path):
