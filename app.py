@@ -26,7 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                             "environment variable; the flag wins.")
     p.add_argument("--host", help="listen address (MONITOR_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (PORT, then MONITOR_PORT, default 8000)")
-    p.add_argument("--comfy-url", help="ComfyUI base URL (COMFYUI_URL, default http://127.0.0.1:8188)")
+    p.add_argument("--comfy-url", help="ComfyUI base URL, or a comma-separated list of URL or NAME=URL "
+                                        "(COMFYUI_URL, default http://127.0.0.1:8188)")
     p.add_argument("--data-dir", help="SQLite and state directory (MONITOR_DATA_DIR, default ./data)")
     p.add_argument("--demo", action="store_true",
                    help="start a simulated ComfyUI in this process and watch it (no GPU needed)")

@@ -1,4 +1,4 @@
-"""ComfyUI job monitor: `create_app(config)` builds an isolated Flask app around one Monitor."""
+"""ComfyUI job monitor: `create_app(config)` builds an isolated Flask app around one Fleet."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 def create_app(config: Config | None = None, *, start: bool | None = None) -> Flask:
     """Build the app. `start` (default: config.start_background) starts the listener, reconciler,
     hub and telemetry greenlets; tests that only need routes can leave them off."""
-    from .service import Monitor
+    from .fleet import Fleet
     from .web import api, pages, security, ws
 
     config = config or Config.from_env()
@@ -25,7 +25,7 @@ def create_app(config: Config | None = None, *, start: bool | None = None) -> Fl
     app.config.update(MONITOR=config, TESTING=config.testing,
                       MAX_CONTENT_LENGTH=2 * 1024 * 1024)
     app.json.sort_keys = False  # keep template parameter order as declared
-    monitor = Monitor(config)
+    monitor = Fleet(config)
     app.extensions["monitor"] = monitor
     security.install(app)
     api.install(app)

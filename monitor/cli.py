@@ -1,4 +1,4 @@
-"""Command line client for a running monitor: `python -m monitor submit|jobs|cancel|workflows` over its HTTP API."""
+"""Command line client for a running monitor: `python -m monitor submit|jobs|cancel|workflows|hosts` over its HTTP API."""
 from __future__ import annotations
 
 import argparse
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 only if it completed")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --wait (default 1)")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
+    p.add_argument("--host", help="the ComfyUI host to run on (see `hosts`); default: the one with the least work")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("jobs", parents=[common], help="list active jobs (queued and running)")
@@ -95,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("workflows", parents=[common], help="list the workflow templates and their parameters")
     p.add_argument("--json", action="store_true", help="print JSON instead of a list")
     p.set_defaults(func=cmd_workflows)
+
+    p = sub.add_parser("hosts", parents=[common], help="list the ComfyUI hosts and their state")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_hosts)
     return parser
 
 
@@ -107,14 +112,21 @@ def cmd_submit(api: Api, args) -> int:
             raise CliError("key=value parameters only apply to workflow templates, not to a prompt file", 2)
         prompt = _read_prompt(args.target)
         name = os.path.splitext(os.path.basename(args.target))[0]
-        job = api.call("POST", "/api/run", {"prompt": prompt, "workflow_name": name})
+        body = {"prompt": prompt, "workflow_name": name}
+        path = "/api/run"
     else:
-        job = api.call("POST", f"/api/run/{quote(args.target, safe='')}/execute", {"params": params})
+        body = {"params": params}
+        path = f"/api/run/{quote(args.target, safe='')}/execute"
+    if args.host:
+        body["host"] = args.host
+    job = api.call("POST", path, body)
     if args.json:
         print(json.dumps(job, indent=2))
     else:
         line = f"submitted {job.get('id')}  workflow={job.get('workflow_name') or job.get('workflow_id') or '-'}" \
                f"  status={job.get('status')}"
+        if args.host or job.get("routed"):
+            line += f"  host={job.get('host')}"
         if job.get("seeds"):
             line += "  seeds=" + ",".join(str(s) for s in job["seeds"])
         print(line, flush=True)
@@ -122,7 +134,9 @@ def cmd_submit(api: Api, args) -> int:
 
 
 def cmd_jobs(api: Api, args) -> int:
-    jobs = api.call("GET", "/api/admin/queue").get("jobs") or []
+    queue = api.call("GET", "/api/admin/queue")
+    jobs = queue.get("jobs") or []
+    several = len(queue.get("hosts") or ()) > 1   # the fleet lists its hosts; one host: no column
     if args.all:
         jobs += api.call("GET", "/api/admin/history", params={"limit": 20}).get("jobs") or []
     if args.json:
@@ -133,6 +147,9 @@ def cmd_jobs(api: Api, args) -> int:
         rows = [("ID", "STATUS", "WORKFLOW", "QUEUED", "PROGRESS")]
         rows += [(j.get("id", "?"), j.get("status", "?"), j.get("workflow_name") or j.get("workflow_id") or "-",
                   _local_time(j.get("queued_at")), _progress_text(j)) for j in jobs]
+        if several:
+            rows = [(row[0], "HOST" if i == 0 else (jobs[i - 1].get("host") or "-"), *row[1:])
+                    for i, row in enumerate(rows)]
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -164,6 +181,23 @@ def cmd_workflows(api: Api, args) -> int:
                 detail += f" {spec.get('min', '')}..{spec.get('max', '')}"
             default = "required" if "default" not in spec else f"default {json.dumps(spec['default'])}"
             print(f"    {name}: {detail}, {default}")
+    return 0
+
+
+def cmd_hosts(api: Api, args) -> int:
+    hosts = api.call("GET", "/api/admin/hosts").get("hosts") or []
+    if args.json:
+        print(json.dumps({"hosts": hosts}, indent=2))
+        return 0
+    rows = [("NAME", "URL", "STATE", "RUNNING", "PENDING", "ERROR")]
+    for h in hosts:
+        queue = h.get("queue") or {}
+        state = f"connected since {_local_time(h.get('since'))}" if h.get("connected") else "disconnected"
+        rows.append((h.get("name", "?"), h.get("url", "?"), state, queue.get("running", "-"),
+                     queue.get("pending", "-"), h.get("error") or ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
 
 

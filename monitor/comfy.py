@@ -124,6 +124,10 @@ class ComfyClient:
                         "kept, asked again later); logged once until it answers properly.", method, path, problem)
         return ComfyBadAnswer(f"{method} {path}: {problem}")
 
+    def unreadable(self, method: str, path: str) -> str | None:
+        """What was wrong with the last answer to this endpoint, while it keeps answering badly."""
+        return self._bad.get(f"{method} {_endpoint(path)}")
+
     def _answered_well(self, method: str, path: str) -> None:
         if self._bad and self._bad.pop(f"{method} {_endpoint(path)}", None) is not None:
             log.info("ComfyUI answers %s %s properly again", method, path)
@@ -188,6 +192,12 @@ class ComfyClient:
         stats = self._object("GET", "/system_stats", timeout=timeout)
         self._answered_well("GET", "/system_stats")
         return stats
+
+    def get_object_info(self) -> dict:
+        """Every node type the server has, with its inputs (the lists of models and other choices included)."""
+        info = self._object("GET", "/object_info", timeout=max(self.timeout, 30.0))   # megabytes on a real server
+        self._answered_well("GET", "/object_info")
+        return info
 
     def probe_features(self) -> Features:
         """GET /api/jobs and POST /api/jobs/cancel with no ids have no side effects (NEWER_COMFYUI.md §4)."""

@@ -1,11 +1,15 @@
 """All settings in one place: read from environment variables, overridable by app.py's CLI flags."""
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_NAMED_ENTRY_RE = re.compile(r"([^=/:]*)=(.*)", re.S)   # NAME=URL; a URL's own "=" comes after "://"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -47,6 +51,82 @@ def _public_url(raw: str | None) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise SystemExit(f"MONITOR_PUBLIC_URL must look like https://monitor.example.com, got {raw!r}")
     return raw
+
+
+@dataclass(frozen=True)
+class ComfyHost:
+    """One ComfyUI server of the fleet: its name and URL as configured (credentials included)."""
+    name: str
+    url: str
+
+    @property
+    def base(self) -> str:
+        """The URL without credentials and without a trailing slash."""
+        parts = urlsplit(self.url)
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        parts = urlsplit(self.url)
+        if parts.username is None:
+            return None
+        return unquote(parts.username), unquote(parts.password or "")
+
+    @property
+    def ws_url(self) -> str:
+        base = self.base
+        if base.startswith("https://"):
+            return "wss://" + base[len("https://"):] + "/ws"
+        if base.startswith("http://"):
+            return "ws://" + base[len("http://"):] + "/ws"
+        raise ValueError(f"COMFYUI_URL must start with http:// or https://, got {self.url!r}")
+
+    @property
+    def is_loopback(self) -> bool:
+        hostname = (urlsplit(self.url).hostname or "").lower()
+        return hostname in LOOPBACK_HOSTS or hostname.startswith("127.")
+
+
+def parse_comfy_hosts(raw: str) -> tuple[ComfyHost, ...]:
+    """COMFYUI_URL: a comma-separated list of URL or NAME=URL. A name defaults to the URL's host:port.
+    SystemExit, naming the entry, for an empty entry, a bad name or URL, or a duplicate name or URL."""
+    hosts: list[ComfyHost] = []
+    names, bases = set(), set()
+    for index, entry in enumerate((raw or "").split(","), 1):
+        entry = entry.strip()
+        shown = f"COMFYUI_URL entry {index} ({entry!r})"
+        if not entry:
+            raise SystemExit(f"COMFYUI_URL entry {index} is empty; give a comma-separated list of URL or NAME=URL, "
+                             f"got {raw!r}")
+        named = _NAMED_ENTRY_RE.fullmatch(entry)
+        name, url = (named.group(1).strip(), named.group(2).strip()) if named else (None, entry)
+        if name is not None and not HOST_NAME_RE.fullmatch(name):
+            raise SystemExit(f"{shown}: a host name is 1 to 32 of A-Z a-z 0-9 _ . -, got {name!r}")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts = port = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SystemExit(f"{shown}: the URL must look like http://host:8188 or https://user:pass@host, "
+                             f"got {url!r}")
+        if name is None:
+            hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            name = f"{hostname}:{port or (443 if parts.scheme == 'https' else 80)}"
+        host = ComfyHost(name, url)
+        if name.lower() in names:
+            raise SystemExit(f"{shown}: the host name {name!r} is given twice")
+        if host.base.lower() in bases:
+            raise SystemExit(f"{shown}: the URL {host.base} is given twice")
+        names.add(name.lower())
+        bases.add(host.base.lower())
+        hosts.append(host)
+    return tuple(hosts)
 
 
 def _csv(raw: str | None) -> frozenset[str]:
@@ -117,7 +197,9 @@ class Config:
             keep_graphs_mb=_float("MONITOR_KEEP_GRAPHS_MB", cls.keep_graphs_mb, minimum=-1e-9),
             max_submissions=max(1, _int("MONITOR_MAX_SUBMISSIONS", cls.max_submissions)),
         )
-        return cfg.with_overrides(**overrides)
+        cfg = cfg.with_overrides(**overrides)
+        cfg.comfy_hosts  # noqa: B018 - a bad COMFYUI_URL list refuses to start here
+        return cfg
 
     def with_overrides(self, **overrides) -> "Config":
         known = {f.name for f in fields(self)}
@@ -130,33 +212,24 @@ class Config:
         return replace(self, **clean)
 
     # --- derived values -------------------------------------------------------------------------
+    @functools.cached_property
+    def comfy_hosts(self) -> tuple[ComfyHost, ...]:
+        """The ComfyUI servers watched, in configured order (SystemExit for a bad list)."""
+        return parse_comfy_hosts(self.comfyui_url)
+
+    # The first host's URL parts: everything a single-host setup reads.
     @property
     def comfy_base(self) -> str:
-        """The ComfyUI URL without credentials and without a trailing slash."""
-        parts = urlsplit(self.comfyui_url)
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        """The first ComfyUI URL without credentials and without a trailing slash."""
+        return self.comfy_hosts[0].base
 
     @property
     def comfy_auth(self) -> tuple[str, str] | None:
-        parts = urlsplit(self.comfyui_url)
-        if parts.username is None:
-            return None
-        from urllib.parse import unquote
-        return unquote(parts.username), unquote(parts.password or "")
+        return self.comfy_hosts[0].auth
 
     @property
     def comfy_ws_url(self) -> str:
-        base = self.comfy_base
-        if base.startswith("https://"):
-            return "wss://" + base[len("https://"):] + "/ws"
-        if base.startswith("http://"):
-            return "ws://" + base[len("http://"):] + "/ws"
-        raise ValueError(f"COMFYUI_URL must start with http:// or https://, got {self.comfyui_url!r}")
+        return self.comfy_hosts[0].ws_url
 
     @property
     def is_loopback(self) -> bool:

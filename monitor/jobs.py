@@ -22,7 +22,7 @@ SEVERITIES = ("info", "warning", "error")
 
 # Job dict fields in API order, with their defaults. JSON_FIELDS are stored as JSON text.
 JOB_DEFAULTS = {
-    "id": None, "source": "local", "workflow_id": None, "workflow_name": None,
+    "id": None, "host": None, "routed": None, "source": "local", "workflow_id": None, "workflow_name": None,
     "status": "queued", "status_reason": None, "queued_at": None, "started_at": None, "finished_at": None,
     "duration_s": None, "params": {}, "seeds": [], "input_image": None, "output_dir": None, "job_folder": None,
     "outputs": [], "error": None, "prompt_excerpt": None, "node_total": None, "node_done": None,
@@ -61,6 +61,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ("CREATE TABLE job_graphs (id TEXT PRIMARY KEY, graph TEXT NOT NULL)",
      "INSERT INTO job_graphs (id, graph) SELECT id, graph FROM jobs WHERE graph IS NOT NULL",
      "UPDATE jobs SET graph = NULL WHERE graph IS NOT NULL"),
+    # Fleet: the ComfyUI host a job ran on. Older rows get the first configured host at startup
+    # (JobStore.assign_host), since the schema cannot know its name.
+    # `routed`: why the fleet sent a submission to that host.
+    ("ALTER TABLE jobs ADD COLUMN host TEXT", "ALTER TABLE jobs ADD COLUMN routed TEXT"),
 ]
 
 
@@ -377,6 +381,11 @@ class JobStore:
             return _row_to_job(rows[0], _BRIEF_NAMES) if rows else None
         job = self.get(job_id, graph=False)
         return self._with_graphs([job])[0] if job else None
+
+    def assign_host(self, name: str) -> int:
+        """Give jobs recorded before the fleet (no host) to `name`, the first configured host."""
+        with self._write() as conn:
+            return conn.execute("UPDATE jobs SET host = ? WHERE host IS NULL", (name,)).rowcount
 
     @property
     def generation(self) -> int:

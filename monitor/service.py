@@ -1,4 +1,5 @@
-"""The Monitor: wires listener → tracker → job store → hub, runs the reconciler, and answers the views."""
+"""One ComfyUI host's session: listener → tracker → the shared job store and hub, its reconciler, submit and
+cancel, and the views of its own jobs. The fleet (fleet.py) owns what the hosts share."""
 from __future__ import annotations
 
 import json
@@ -13,15 +14,12 @@ from gevent.lock import RLock
 from . import graph as graphs
 from . import markers, reconciler
 from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
-from .config import Config
-from .hub import Hub
+from .config import ComfyHost, Config
 from .jobs import FINISHED as TERMINAL  # the four end states and stalled: nothing more will happen
-from .jobs import EventBus, JobStore, RawJSON, StoreError, prune_step
+from .jobs import EventBus, JobStore, RawJSON
 from .listener import Listener
-from .telemetry import Telemetry
 from .timeutil import epoch_from_iso, iso_from_epoch, iso_from_epoch_ms, utcnow_iso
 from .tracker import Tracker
-from .workflows import load_workflows
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +33,6 @@ ADOPT_PER_PASS = 200    # new jobs learned from ComfyUI per reconcile: a hostile
 SWEEP_ITEMS = 16        # newest /history entries looked at when a prompt we never saw has finished
 STALLED_RECHECK_S = 15.0
 STALLED_ASKS_PER_PASS = 10
-PRUNE_FIRST_S, PRUNE_EVERY_S = 30.0, 600.0
 OUTPUTS_FLUSH_S = 1.0   # node outputs of running jobs reach the record at most this late
 HISTORY_TRIES = 3       # a superseded prompt's /history entry is written before the next starts; retry briefly
 
@@ -48,37 +45,28 @@ class SubmitError(Exception):
         self.status, self.details, self.job = status, details, job
 
 
-class Monitor:
-    def __init__(self, config: Config):
+class Host:
+    """Everything about one ComfyUI server; the store, event bus and hub are the fleet's, shared."""
+
+    def __init__(self, config: Config, spec: ComfyHost, *, store: JobStore, events: EventBus, fleet,
+                 client_id: str, tag_events: bool = False):
         self.config = config
-        self.store = JobStore(config.db_path)  # creates the data dir, or says clearly why it can't
-        self._lock_file = None
-        try:
-            self._lock_file = _lock_data_dir(config.data_dir)
-            self.client_id = _load_client_id(config.data_dir)
-        except BaseException as exc:
-            self.store.close()
-            if self._lock_file is not None:
-                self._lock_file.close()
-            if isinstance(exc, OSError):  # a full disk, or a lock/client-id path that is not a file
-                raise StoreError(f"cannot use data directory {os.path.abspath(config.data_dir)}: "
-                                 f"{exc.strerror or exc} ({exc.filename or 'writing'}); set MONITOR_DATA_DIR "
-                                 "(or --data-dir) to a writable directory") from exc
-            raise
-        self.hub = Hub(tick=config.hub_tick)
-        self.events = EventBus(self.store, on_event=self.hub.publish_event)
-        self.hub.events_since = self.events.since  # a reconnecting page replays what it missed
+        self.spec = spec
+        self.name = spec.name
+        self.fleet = fleet
+        self.store = store
+        self.events = _HostEvents(events, spec.name) if tag_events else events
+        self.hub = fleet.hub
+        self.client_id = client_id
         self.tracker = Tracker(instant_types=set(graphs.DEFAULT_INSTANT_TYPES) | set(config.instant_nodes),
                                admit=self._admit)
         self._adopt_budget = ADOPT_PER_PASS
         self._adopt_refused = 0
         self._queue_remaining: int | None = None   # from ComfyUI's last `status`
         self._sweep_due = False
-        self.comfy = ComfyClient(config.comfy_base, auth=config.comfy_auth, timeout=config.comfy_timeout)
-        self.telemetry = Telemetry(config, comfy=self.comfy, interval=config.telemetry_interval)
-        self.workflows = load_workflows(config.workflows_dir)
+        self.comfy = ComfyClient(spec.base, auth=spec.auth, timeout=config.comfy_timeout)
         self.listener = Listener(
-            config.comfy_ws_url, self.client_id, auth=config.comfy_auth,
+            spec.ws_url, self.client_id, auth=spec.auth,
             on_text=self._on_text, on_binary=self._on_binary,
             on_connect=self._on_connect, on_disconnect=self._on_disconnect,
             backoff_min=config.reconnect_min, backoff_max=config.reconnect_max,
@@ -101,37 +89,29 @@ class Monitor:
         self._was_busy = False
         self.started_at = time.time()
         self.reconciled_at: float | None = None
+        self.object_info: dict | None = None   # several hosts: this one's node types, for routing (None: unknown)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self._reattach()
-        self.hub.start()
         self.listener.start()
-        self.telemetry.start()
         self._greenlets.append(gevent.spawn(self._reconcile_loop))
         self._greenlets.append(gevent.spawn(self._flush_loop))
-        self._greenlets.append(gevent.spawn(self._prune_loop))
 
     def stop(self) -> None:
         for g in self._greenlets:
             g.kill(block=False)
         self._greenlets.clear()
         self.listener.stop()
-        self.telemetry.stop()
-        self.hub.stop()
 
-    def close(self) -> None:
-        """Stop, then release the database and the data-dir lock (a new Monitor may then take it)."""
-        self.stop()
-        self.store.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+    def own_active(self, graph: bool = True) -> list[dict]:
+        """This host's queued and running jobs, in the store's run order."""
+        return [job for job in self.store.active(graph=graph) if job.get("host") == self.name]
 
     def _reattach(self) -> None:
         """After our own restart: put every job we believed active back into the tracker. The
         reconciler then asks ComfyUI what became of each; nothing is declared stalled blindly."""
-        for job in self.store.active():
+        for job in self.own_active():
             # What we learned before going down: ComfyUI's start time and the nodes it said were cached.
             self.tracker.register(job["id"], job.get("graph"), job.get("outputs_to_execute"),
                                   number=job.get("number"), client_id=job.get("client_id"),
@@ -141,28 +121,6 @@ class Monitor:
                 self._graphless.add(job["id"])
 
     # --- views' side (read cached state only) --------------------------------------------------
-    def active_jobs(self) -> list[dict]:
-        """Running first, then queued in run order (the store's order for active jobs)."""
-        return [build() for _, _, build in self.active_versions()]
-
-    def active_versions(self, offset: int = 0, limit: int | None = None) -> list[tuple[str, tuple, object]]:
-        """The active jobs in queue order as (id, version, build): `build()` makes the same dict as
-        active_jobs() has for that job, and `version` changes whenever that dict would. Lets the
-        views keep one rendering per job instead of re-rendering a long queue on every poll.
-        `offset`/`limit` page a long queue (positions stay those of the whole queue)."""
-        generation = self.store.generation
-        out = []
-        end = None if limit is None else offset + limit
-        for index, (job, position) in enumerate(self._with_positions(self.store.active(graph=False))):
-            if index < offset:
-                continue
-            if end is not None and index >= end:
-                break
-            pid = job["id"]
-            version = (generation, self.tracker.stamp(pid), position)
-            out.append((pid, version, lambda job=job, position=position: self._decorate(job, position, brief=True)))
-        return out
-
     @staticmethod
     def _with_positions(active: list[dict]):
         """Queue positions follow the store's run order (ComfyUI's numbers; a job still being posted is
@@ -176,22 +134,15 @@ class Monitor:
                 yield job, None
 
     def _position(self, job_id: str) -> int | None:
-        for job, position in self._with_positions(self.store.active(graph=False)):
+        for job, position in self._with_positions(self.own_active(graph=False)):
             if job["id"] == job_id:
                 return position
         return None
 
     def active_counts(self) -> dict:
-        jobs = self.store.active(graph=False)
+        jobs = self.own_active(graph=False)
         running = sum(1 for j in jobs if j["status"] == "running")
         return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
-
-    def current_job(self) -> dict | None:
-        """The running job (the one ComfyUI runs; the first by queue order if we believe in several)."""
-        for job in self.store.active(graph=False):
-            if job["status"] == "running":
-                return self._decorate(job, brief=True)
-        return None
 
     def get_job(self, job_id: str, graph: bool = True) -> dict | None:
         job = self.store.get(job_id, graph=graph)
@@ -199,15 +150,12 @@ class Monitor:
             return None
         return self._decorate(job, self._position(job_id) if job["status"] == "queued" else None)
 
-    def history(self, limit: int = 50, status: str | None = None) -> list[dict]:
-        return [self._decorate(j, brief=True) for j in self.store.history(limit=limit, status=status, graph=False)]
-
     def comfy_state(self) -> dict:
         st = self.listener.status()
         now = time.time()
         return {
             "connected": st["connected"],
-            "url": self.config.comfy_base,
+            "url": self.spec.base,
             "since": iso_from_epoch(st["connected_since"]),
             "last_message_at": iso_from_epoch(st["last_message_at"]),
             "listener_age_s": round(now - st["started_at"], 1) if st["started_at"] else None,
@@ -218,12 +166,6 @@ class Monitor:
             "reconciled_at": iso_from_epoch(self.reconciled_at),
             "features": self.comfy.features.as_dict(),
         }
-
-    def hello(self) -> dict:
-        return {"type": "hello", "server": {"name": "comfyui-monitor", "time": utcnow_iso()},
-                "comfy": self.comfy_state(),
-                "jobs": [s for s in self.tracker.active() if s],
-                "last_seq": self.events.last_seq()}
 
     def _decorate(self, job: dict, position: int | None = None, brief: bool = False) -> dict:
         job = dict(job)
@@ -237,7 +179,7 @@ class Monitor:
     # --- jobs in ----------------------------------------------------------------------------
     def submit(self, prompt: dict, *, workflow_id: str | None = None, workflow_name: str | None = None,
                params: dict | None = None, seeds: list | None = None, job_folder: str | None = None,
-               prompt_id: str | None = None) -> dict:
+               prompt_id: str | None = None, routed: str | None = None) -> dict:
         if not self.listener.connected:
             # Without our socket open, ComfyUI would send this job's messages to nobody.
             raise SubmitError(503, "ComfyUI is not connected; try again when the monitor shows LIVE")
@@ -247,13 +189,13 @@ class Monitor:
         output_dir = (os.path.join(self.config.comfyui_output_dir, job_folder)
                       if self.config.comfyui_output_dir and job_folder else None)
         job = {
-            "id": prompt_id, "source": "local", "status": "queued",
+            "id": prompt_id, "host": self.name, "source": "local", "status": "queued",
             "workflow_id": workflow_id,
             "workflow_name": workflow_name or graphs.workflow_name(prompt, {}),
             "params": params or {}, "seeds": seeds if seeds is not None else graphs.seeds(prompt),
             "prompt_excerpt": graphs.prompt_excerpt(prompt), "job_folder": job_folder,
             "output_dir": output_dir, "client_id": self.client_id, "graph": RawJSON(graph_json),
-            "outputs_to_execute": outputs, "input_image": _input_image(prompt),
+            "outputs_to_execute": outputs, "input_image": _input_image(prompt), "routed": routed,
         }
         with self._lock:
             # Recorded first, so no message can arrive for a job we don't know.
@@ -271,6 +213,7 @@ class Monitor:
         except ComfyRejected as exc:
             message, details = _rejection_message(exc, prompt)
             self._settle(prompt_id, "failed", error={"message": message, "node_errors": details})
+            gevent.spawn(self.refresh_object_info)
             raise SubmitError(400 if exc.status < 500 else 502, message, details, self.get_job(prompt_id, graph=False))
         except ComfyUnavailable as exc:
             # Refused or timed out: it may or may not be queued. The reconciler decides from /queue.
@@ -342,19 +285,33 @@ class Monitor:
 
     # --- listener callbacks (run in the listener greenlet) --------------------------------------
     def _on_connect(self) -> None:
-        self.events.emit("comfy.connected", f"Connected to ComfyUI at {self.config.comfy_base}")
-        self.hub.publish({"type": "comfy", **self.comfy_state()})
+        self.events.emit("comfy.connected", f"Connected to ComfyUI at {self.spec.base}",
+                         data={"host": self.name})
+        self.hub.publish({"type": "comfy", **self.fleet.comfy_state()})
         gevent.spawn(self._after_connect)
 
     def _after_connect(self) -> None:
         self.comfy.probe_features()
         self.tracker.on_reconnect()
         self.reconcile()
+        self.refresh_object_info()
+
+    def refresh_object_info(self) -> None:
+        """Cached for the fleet's routing, on every (re)connect and after a submission failed validation (a
+        model may have been added or removed). One host routes nothing: it is never asked."""
+        if len(self.fleet.hosts) < 2:
+            return
+        try:
+            self.object_info = self.comfy.get_object_info()
+        except (ComfyRejected, ComfyUnavailable) as exc:
+            log.info("%s: GET /object_info failed (%s); routing cannot check this host's nodes", self.name, exc)
+            self.object_info = None
 
     def _on_disconnect(self, reason: str) -> None:
         self._disconnects += 1
-        self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection: {reason}", severity="warning")
-        self.hub.publish({"type": "comfy", **self.comfy_state()})
+        self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection: {reason}",
+                         severity="warning", data={"host": self.name})
+        self.hub.publish({"type": "comfy", **self.fleet.comfy_state()})
 
     def _on_text(self, msg_type: str, data: dict) -> None:
         if msg_type == "status":
@@ -430,7 +387,7 @@ class Monitor:
         queued while we were down): record it now; the reconciler fills in its graph."""
         self._wake.set()
         self._graphless.add(pid)
-        return self.store.create({"id": pid, "source": "external", "status": "queued"})
+        return self.store.create({"id": pid, "host": self.name, "source": "external", "status": "queued"})
 
     def _mark_running(self, pid: str, started_at: str | None = None) -> None:
         """queued → running, once, whoever sees it first (the tracker's message or /queue): the store
@@ -575,10 +532,20 @@ class Monitor:
             state = self.tracker.state(pid)
             if state is not None:
                 self.hub.set_progress(pid, state)
-        busy = self.tracker.running_id() is not None
-        if self._was_busy and not busy:
+        busy = self.busy
+        if self._was_busy and not busy and not self.fleet.busy():
             self.hub.set_progress(None, {"prompt_id": None, "status": "idle"})
         self._was_busy = busy
+
+    @property
+    def answer_error(self) -> str | None:
+        """Why ComfyUI's /queue answer was unreadable (until it answers properly again), or None."""
+        problem = self.comfy.unreadable("GET", "/queue")
+        return f"GET /queue answered {problem}" if problem else None
+
+    @property
+    def busy(self) -> bool:
+        return self.tracker.running_id() is not None
 
     def _flush_loop(self) -> None:
         while True:
@@ -587,32 +554,6 @@ class Monitor:
                 self.flush_outputs()
             except Exception:
                 log.exception("writing node outputs failed")
-
-    def _prune_loop(self) -> None:
-        gevent.sleep(PRUNE_FIRST_S)
-        while True:
-            try:
-                self.prune()
-            except Exception:
-                log.exception("pruning old jobs failed")
-            gevent.sleep(PRUNE_EVERY_S)
-
-    def prune(self) -> dict:
-        """Retention (MONITOR_KEEP_DAYS, MONITOR_KEEP_JOBS, MONITOR_KEEP_GRAPHS_MB), in small batches
-        that let requests in between; off the request path."""
-        cfg, total = self.config, {"deleted": 0, "graphs_dropped": 0, "pages_freed": 0}
-        while True:
-            step = prune_step(self.store, keep_days=cfg.keep_days, keep_jobs=cfg.keep_jobs,
-                              graph_budget=int(cfg.keep_graphs_mb * 1024 * 1024))
-            for key, value in step.items():
-                total[key] += value
-            if not any(step.values()):
-                break
-            gevent.sleep(0.01)
-        if any(total.values()):
-            log.info("retention: %d old jobs deleted, %d graphs dropped, %d MB returned to the file system",
-                     total["deleted"], total["graphs_dropped"], total["pages_freed"] * 4 // 1024)
-        return total
 
     def flush_outputs(self) -> None:
         """Write the node outputs that arrived since the last flush, one update per job."""
@@ -654,7 +595,7 @@ class Monitor:
         # Jobs and submissions as they were *before* asking: one posted meanwhile is missing from this view
         # without being lost (and right after a reconnect it would be declared lost at once). Only used to
         # find missing jobs: every transition below re-checks the current state.
-        candidates = self.store.active(graph=False)
+        candidates = self.own_active(graph=False)
         posting = set(self._posting)
         view = reconciler.fetch_queue(self.comfy)
         if view is None:
@@ -742,7 +683,7 @@ class Monitor:
     def _adopt_or_refresh(self, entry: list, running: bool, brief: dict | None = None) -> None:
         """`brief`: the job as the active list has it (no graph), so that a long queue of jobs we
         already know costs no database read and no graph parsing per reconcile."""
-        number, pid, graph, extra, outputs = entry[0], entry[1], entry[2], entry[3], entry[4]
+        pid, graph, extra, outputs = entry[1], entry[2], entry[3], entry[4]
         extra = extra if isinstance(extra, dict) else {}
         outputs = [str(o) for o in outputs] if isinstance(outputs, list) else None
         if brief is not None and pid not in self._graphless:
@@ -759,7 +700,7 @@ class Monitor:
             fields, created = self._fields_from_entry(entry)
             mine = fields["source"] == "local"
             if job is None:
-                job = self.store.create({"id": pid, "status": "queued",
+                job = self.store.create({"id": pid, "host": self.name, "status": "queued",
                                          **({"queued_at": created} if created else {}), **fields})
                 self.events.emit("job.queued", f"{'External job' if not mine else 'Job'} {pid[:8]} queued",
                                  data={"id": pid, "source": fields["source"]})
@@ -826,7 +767,7 @@ class Monitor:
             with self._lock:
                 if self.store.status(pid) is not None:
                     continue
-                self.store.create({"id": pid, "status": "queued",
+                self.store.create({"id": pid, "host": self.name, "status": "queued",
                                    "queued_at": created or iso_from_epoch_ms(started), **job_fields})
                 self.tracker.register(pid, job_fields["graph"], job_fields["outputs_to_execute"],
                                       number=job_fields["number"], client_id=job_fields["client_id"])
@@ -878,6 +819,18 @@ def _describe(error: dict) -> str:
     return f"{message} ({details})" if message and details else message or details
 
 
+class _HostEvents:
+    """With several hosts, each host's events say which host they are about ("[gpu1] Job … started", and
+    "host" in their data); with one, events read as before."""
+
+    def __init__(self, bus: EventBus, name: str):
+        self._bus, self._name = bus, name
+
+    def emit(self, kind, message, severity="info", data=None) -> dict:
+        return self._bus.emit(kind, f"[{self._name}] {message}", severity=severity,
+                              data={**(data or {}), "host": self._name})
+
+
 class DataDirBusy(SystemExit):
     pass
 
@@ -900,9 +853,10 @@ def _lock_data_dir(data_dir: str):
     return fh
 
 
-def _load_client_id(data_dir: str) -> str:
-    """One fixed client id per data dir, so a restarted monitor keeps receiving its prompts' messages."""
-    path = os.path.join(data_dir, "client_id")
+def _load_client_id(data_dir: str, host: str | None = None) -> str:
+    """One fixed client id per host and data dir, so a restarted monitor keeps receiving its prompts' messages.
+    The first host's is `client_id` (as before the fleet); another host's `client_id.<name>`."""
+    path = os.path.join(data_dir, "client_id" if host is None else f"client_id.{host}")
     try:
         with open(path, encoding="utf-8") as fh:
             value = fh.read().strip()

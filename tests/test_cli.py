@@ -46,6 +46,7 @@ class FakeApp:
     def __init__(self):
         self.requests = []
         self.polls = []
+        self.fleet = False   # True: the queue answer of a monitor over two hosts
         self.app = Flask(__name__)
         self.app.before_request(self._record)
         add = self.app.add_url_rule
@@ -56,6 +57,7 @@ class FakeApp:
         add("/api/admin/history", view_func=self.history)
         add("/api/admin/jobs/<job_id>", view_func=self.get_job)
         add("/api/admin/jobs/<job_id>/cancel", view_func=self.cancel, methods=["POST"])
+        add("/api/admin/hosts", view_func=self.hosts)
 
     def _record(self):
         self.requests.append({"method": request.method, "path": request.path, "args": dict(request.args),
@@ -68,7 +70,17 @@ class FakeApp:
         return jsonify(workflows=WORKFLOWS)
 
     def queue(self):
+        if self.fleet:
+            return jsonify(hosts=["gpu1", "gpu2"], jobs=[dict(RUNNING, host="gpu1"), dict(QUEUED, host="gpu2")])
         return jsonify(jobs=[RUNNING, QUEUED])
+
+    def hosts(self):
+        return jsonify(hosts=[
+            {"name": "gpu1", "url": "http://10.0.0.5:8188", "connected": True, "since": "2026-11-28T15:00:00+00:00",
+             "queue": {"running": 1, "pending": 0}, "features": {}, "telemetry": None, "error": None},
+            {"name": "gpu2", "url": "https://gpu2.example:443", "connected": False, "since": None,
+             "queue": {"running": 0, "pending": 1}, "features": {}, "telemetry": None,
+             "error": "ConnectionRefusedError: [Errno 111] Connection refused"}])
 
     def history(self):
         return jsonify(jobs=[DONE])
@@ -88,10 +100,12 @@ class FakeApp:
                            job=job(status="failed")), 400
         if params.get("width") == "1":
             return jsonify(error={"type": "invalid_prompt", "message": "Cannot execute", "details": "Node ID '#2'"}), 400
-        return jsonify(job(params=params, seeds=[123])), 201
+        return jsonify(job(params=params, seeds=[123], host=request.get_json().get("host") or "gpu1",
+                           routed=None if request.get_json().get("host") else "least wait (gpu1 0 jobs)")), 201
 
     def run_raw(self):
-        return jsonify(job(workflow_id=None, workflow_name=request.get_json()["workflow_name"])), 201
+        return jsonify(job(workflow_id=None, workflow_name=request.get_json()["workflow_name"],
+                           host=request.get_json().get("host") or "gpu1")), 201
 
     def get_job(self, job_id):
         return jsonify(self.polls.pop(0) if len(self.polls) > 1 else self.polls[0])
@@ -116,6 +130,7 @@ def server():
 def app(server):
     server.requests.clear()
     server.polls.clear()
+    server.fleet = False
     return server
 
 
@@ -289,3 +304,39 @@ def test_url_flag_beats_environment_and_port_default(app):
     port = app.url.rsplit(":", 1)[1]
     assert cli("workflows", MONITOR_PORT=port).returncode == 0
     assert len(app.requests) == 3
+
+
+def test_submit_to_a_host(app, tmp_path):
+    out = cli("submit", "example_invert", "width=64", "--host", "gpu2", url=app.url)
+    assert out.returncode == 0, out.stderr
+    assert app.requests[0]["json"] == {"params": {"width": "64"}, "host": "gpu2"}
+    assert "host=gpu2" in out.stdout
+    prompt = tmp_path / "graph.json"
+    prompt.write_text(json.dumps({"1": {"class_type": "EmptyImage", "inputs": {}}}))
+    out = cli("submit", str(prompt), "--host", "gpu1", url=app.url)
+    assert out.returncode == 0, out.stderr
+    assert app.requests[-1]["json"]["host"] == "gpu1" and "host=gpu1" in out.stdout
+    out = cli("submit", "example_invert", url=app.url)   # routed by the monitor: it says where
+    assert "host" not in app.requests[-1]["json"] and "host=gpu1" in out.stdout
+
+
+def test_jobs_table_has_a_host_column_only_with_several_hosts(app):
+    header = cli("jobs", url=app.url).stdout.splitlines()[0]
+    assert "HOST" not in header.split()
+    app.fleet = True
+    header, running, queued = cli("jobs", url=app.url).stdout.splitlines()
+    assert header.split() == ["ID", "HOST", "STATUS", "WORKFLOW", "QUEUED", "PROGRESS"]
+    assert running.split()[:3] == [JOB_ID, "gpu1", "running"]
+    assert queued.split()[:3] == [QUEUED_ID, "gpu2", "queued"]
+    assert header.index("STATUS") == running.index("running")
+
+
+def test_hosts_listing(app):
+    out = cli("hosts", url=app.url)
+    assert out.returncode == 0, out.stderr
+    header, gpu1, gpu2 = out.stdout.splitlines()
+    assert header.split() == ["NAME", "URL", "STATE", "RUNNING", "PENDING", "ERROR"]
+    assert gpu1.startswith("gpu1") and "http://10.0.0.5:8188" in gpu1 and "connected since" in gpu1
+    assert gpu2.startswith("gpu2") and "disconnected" in gpu2 and "Connection refused" in gpu2
+    data = json.loads(cli("hosts", "--json", url=app.url).stdout)
+    assert [h["name"] for h in data["hosts"]] == ["gpu1", "gpu2"]

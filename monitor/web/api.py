@@ -1,4 +1,4 @@
-"""JSON API: queue, jobs, history, submit, cancel, workflows, telemetry, the /view proxy and /healthz."""
+"""JSON API: queue, jobs, history, hosts, submit, cancel, workflows, telemetry, the /view proxy and /healthz."""
 from __future__ import annotations
 
 import functools
@@ -132,6 +132,8 @@ def queue():
     cache = current_app.extensions.setdefault("queue_json_fragments", FragmentCache())
     parts = cache.render_all(mon().active_versions(offset, limit), lambda job: json.dumps(job, separators=(",", ":")))
     counts = mon().active_counts()
+    if len(mon().hosts) > 1:   # a fleet names its hosts; one host answers as before
+        counts["hosts"] = [host.name for host in mon().hosts]
     head = json.dumps({**counts, "offset": offset, "limit": limit}, separators=(",", ":"))[:-1]
     return Response(head + ',"jobs":[' + ",".join(parts) + "]}", mimetype="application/json")
 
@@ -166,6 +168,11 @@ def events():
     except ValueError:
         raise ApiError(400, "since must be an integer event seq")
     return jsonify(events=mon().events.since(since, limit=500), last_seq=mon().events.last_seq())
+
+
+@bp.get("/api/admin/hosts")
+def hosts():
+    return jsonify(hosts=mon().hosts_state())
 
 
 @bp.get("/api/admin/telemetry")
@@ -231,7 +238,7 @@ def run_prompt():
     if params is not None and not isinstance(params, dict):
         raise ApiError(400, "params must be an object")
     try:
-        job = mon().submit(prompt, workflow_name=name, params=params)
+        job = mon().submit(prompt, workflow_name=name, params=params, host=_host(body))
     except SubmitError as exc:
         return _submit_error(exc)
     return jsonify(job), 201
@@ -247,6 +254,7 @@ def run_workflow(workflow_id: str):
     params = body.get("params", {})
     if not isinstance(params, dict):
         raise ApiError(400, "params must be an object")
+    host = _host(body)
     prompt_id = str(uuid.uuid4())
     folder = new_job_folder(workflow_id, prompt_id)
     try:
@@ -256,7 +264,7 @@ def run_workflow(workflow_id: str):
     try:
         job = mon().submit(rendered.prompt, workflow_id=workflow_id, workflow_name=wf.name,
                            params=rendered.params, seeds=rendered.seeds, job_folder=folder,
-                           prompt_id=prompt_id)
+                           prompt_id=prompt_id, host=host)
     except SubmitError as exc:
         return _submit_error(exc)
     return jsonify(job), 201
@@ -271,6 +279,13 @@ def cancel(job_id: str):
     except SubmitError as exc:
         return _submit_error(exc)
     return jsonify(job)
+
+
+def _host(body: dict) -> str | None:
+    host = body.get("host")
+    if host is not None and not isinstance(host, str):
+        raise ApiError(400, "host must be a string: the name of a configured ComfyUI host")
+    return host
 
 
 def _validate_graph(prompt) -> None:
@@ -314,6 +329,12 @@ def view():
         raise ApiError(400, "filename is required")
     _check_name(filename, "filename", allow_sep=False)
     subfolder = _check_name(args.get("subfolder", ""), "subfolder", allow_sep=True) if args.get("subfolder") else ""
+    comfy = mon().comfy   # the first host's, unless the file is on another (a job's "host")
+    if args.get("host"):
+        host = mon().by_name.get(args["host"])
+        if host is None:
+            raise ApiError(400, f"unknown host {args['host'][:40]!r}")
+        comfy = host.comfy
     kind = args.get("type", "output")
     if kind not in VIEW_TYPES:
         raise ApiError(400, f"type must be one of {sorted(VIEW_TYPES)}")
@@ -327,7 +348,7 @@ def view():
             raise ApiError(400, "channel must be rgba, rgb or a")
         params["channel"] = args["channel"]
     try:
-        upstream = mon().comfy.view(params)
+        upstream = comfy.view(params)
     except ComfyUnavailable:
         raise ApiError(502, "ComfyUI is not reachable")
     if upstream.status_code != 200:

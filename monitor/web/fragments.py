@@ -1,7 +1,7 @@
 """Per-job renderings (a job's JSON, a job's card) kept while the job is unchanged.
 
 A long queue is listed by every poll, but between two polls usually only the running job changed: each
-job is rendered once per version (Monitor.active_versions) and the response is joined from the pieces."""
+job is rendered once per version (Fleet.active_versions) and the response is joined from the pieces."""
 from __future__ import annotations
 
 from typing import Callable
@@ -12,7 +12,7 @@ class FragmentCache:
         self._entries: dict[str, tuple[tuple, str]] = {}
 
     def render_all(self, versions, render: Callable[[dict], str]) -> list[str]:
-        """`versions`: [(id, version, build)], as Monitor.active_versions() gives them; `render(job)`
+        """`versions`: [(id, version, build)], as Fleet.active_versions() gives them; `render(job)`
         turns a built job dict into text. Returns the texts in order; entries of jobs that left the
         list are dropped, so the cache holds only the active jobs."""
         fresh: dict[str, tuple[tuple, str]] = {}

@@ -1,6 +1,6 @@
 """The /admin/queue page and the HTML fragments that htmx swaps into it.
 
-Views render only from cached state on the Monitor facade (``current_app.extensions["monitor"]``): they never
+Views render only from cached state on the Fleet facade (``current_app.extensions["monitor"]``): they never
 call ComfyUI and never block. The full page includes the fragments; the same fragments are returned alone to
 the page's refresh requests (``hx-swap="morph"``, so the DOM is updated in place).
 """
@@ -218,7 +218,7 @@ CARDS_MAX = 100   # cards on the page; a longer queue says how many more there a
 
 
 def _cards() -> list[Markup]:
-    """Each active job's card, in queue order (Monitor.active_versions is already ordered: running
+    """Each active job's card, in queue order (Fleet.active_versions is already ordered: running
     first, then queued in run order), rendered once per job version; the first CARDS_MAX only."""
     cache = current_app.extensions.setdefault("card_fragments", FragmentCache())
     env = current_app.jinja_env
