@@ -340,10 +340,9 @@ def role_monitor(argv) -> None:
 
     import gevent
     from flask import jsonify
-    from gevent.pywsgi import WSGIServer
-
     from monitor import configure_logging, create_app
     from monitor.config import Config
+    from monitor.web.server import make_server
 
     configure_logging(os.environ.get("MONITOR_LOG_LEVEL", "WARNING"))
     config = Config.from_env(comfyui_url=args.comfy_url, data_dir=args.data_dir, port=args.port,
@@ -367,7 +366,7 @@ def role_monitor(argv) -> None:
         rows = mon.store._query("SELECT id, status FROM jobs")
         return jsonify({r["id"]: r["status"] for r in rows})
 
-    server = WSGIServer((config.host, config.port), app, log=None)
+    server = make_server(app)   # exactly as app.py serves it
     server.start()
     logging.getLogger("monitor").info("bench monitor on %d", server.server_port)
     print(f"port {server.server_port}", flush=True)

@@ -494,3 +494,20 @@ def slow_server_with_job(tmp_path):
     yield server, job
     server.stop_app()
     fake.stop(abrupt=False)
+
+
+def test_keep_alive_answers_are_not_held_back_by_nagle(live_server):
+    # Without TCP_NODELAY each answer on a kept-alive connection waited for the client's delayed ACK:
+    # 44 ms a request here (every htmx poll). Measured about 1 ms with it; 20 ms leaves a wide margin.
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", live_server.port, timeout=10)
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        conn.request("GET", "/api/admin/queue")
+        resp = conn.getresponse()
+        resp.read()
+        times.append(time.perf_counter() - start)
+    conn.close()
+    assert resp.status == 200
+    assert sorted(times)[7] < 0.020, f"median {sorted(times)[7] * 1000:.1f} ms"

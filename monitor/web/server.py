@@ -3,6 +3,7 @@ a bound on connections that have not authenticated yet, and the descriptor soft 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import OrderedDict
 
@@ -83,6 +84,10 @@ class MonitorHandler(WSGIHandler):
             return
         self._greenlet = gevent.getcurrent()
         self.socket.settimeout(self.server.header_timeout)
+        try:   # answers go out at once: Nagle's wait for an ACK cost each keep-alive request 40 ms
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass   # not TCP (a Unix socket)
         try:
             super().handle()
         except OSError:
