@@ -188,8 +188,15 @@ def monitor_role(tmp: str, upstream: "Role") -> "Role":
 
 def wait_connected(monitor_url: str, timeout: float = 30.0) -> None:
     """Until the monitor says it is connected to its (fake) ComfyUI."""
+    import urllib.error
     deadline = time.time() + timeout
-    while not http_json("GET", monitor_url + "/healthz").get("comfy", {}).get("connected"):
+    while True:
+        try:   # /healthz answers 503 until ComfyUI is connected: that is the wait, not an error
+            if http_json("GET", monitor_url + "/healthz").get("comfy", {}).get("connected"):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
         if time.time() > deadline:
             raise RuntimeError("the monitor did not connect to the fake ComfyUI")
         time.sleep(0.1)
