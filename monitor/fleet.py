@@ -12,7 +12,7 @@ from .config import Config
 from .hub import Hub
 from .jobs import EventBus, JobStore, StoreError, prune_step
 from .service import Host, SubmitError, _load_client_id, _lock_data_dir
-from .telemetry import Telemetry
+from .telemetry import RemoteTelemetry, Telemetry
 from .timeutil import iso_from_epoch, utcnow_iso
 from .workflows import load_workflows
 
@@ -55,11 +55,14 @@ class Fleet:
         if local is None and len(self.hosts) == 1:
             local = self.hosts[0]
         self.telemetry = Telemetry(config, comfy=local.comfy if local else None, interval=config.telemetry_interval)
+        # Every other host: what its ComfyUI's /system_stats says (this machine's sampler does not describe it).
+        self.remote_telemetry = {host.name: RemoteTelemetry(host.comfy, interval=max(2.0, config.telemetry_interval))
+                                 for host in self.hosts if host is not local}
         self._fleet_greenlets: list[gevent.Greenlet] = []
 
     def __getattr__(self, name):
         # One host: the fleet is that host (listener, tracker, comfy, client_id, reconcile...), as before.
-        if name.startswith("__") or name in ("hosts", "_fleet_greenlets"):
+        if name.startswith("__") or name in ("hosts", "_fleet_greenlets", "remote_telemetry"):
             raise AttributeError(name)
         return getattr(self.hosts[0], name)
 
@@ -67,6 +70,8 @@ class Fleet:
     def start(self) -> None:
         self.hub.start()
         self.telemetry.start()
+        for sampler in self.remote_telemetry.values():
+            sampler.start()
         for host in self.hosts:
             host.start()
         self._fleet_greenlets.append(gevent.spawn(self._prune_loop))
@@ -77,6 +82,8 @@ class Fleet:
         self._fleet_greenlets.clear()
         for host in self.hosts:
             host.stop()
+        for sampler in self.remote_telemetry.values():
+            sampler.stop()
         self.telemetry.stop()
         self.hub.stop()
 
@@ -106,7 +113,8 @@ class Fleet:
                 "since": iso_from_epoch(st["connected_since"]),
                 "queue": {"running": counts["running"], "pending": counts["queued"]},
                 "features": host.comfy.features.as_dict(),
-                "telemetry": self.telemetry.snapshot() if host.spec.is_loopback else None,
+                "telemetry": (self.remote_telemetry[host.name].snapshot() if host.name in self.remote_telemetry
+                              else self.telemetry.snapshot()),
                 "error": error,
             })
         return out

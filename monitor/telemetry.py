@@ -388,3 +388,67 @@ class Telemetry:
                         "sampled_at": iso_from_epoch(gpu["sampled_at"]), "reason": reason,
                         "devices": devices},
                 "thresholds": dict(THRESHOLDS)}
+
+
+# --- a remote host -----------------------------------------------------------------------------------
+
+NOT_REPORTED = "not reported by the host's ComfyUI (/system_stats)"
+
+
+class RemoteTelemetry:
+    """Gauges of a host the monitor does not run on, from its ComfyUI's GET /system_stats: GPU names and
+    VRAM, RAM. What that does not report (GPU load and temperature, CPU, disk) is None with a reason, never
+    0. Same snapshot shape as Telemetry's; a relay node on the host can later supply the rest."""
+
+    def __init__(self, comfy, interval: float = 3.0):
+        self.comfy, self.interval = comfy, interval
+        self._snapshot: dict | None = None
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def snapshot(self) -> dict | None:
+        return self._snapshot
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a sampler that dies would freeze the host's gauges
+                log.exception("remote telemetry sample failed")
+            gevent.sleep(self.interval)
+
+    def sample(self) -> dict:
+        now = utcnow_iso()
+        try:
+            stats = self.comfy.system_stats()
+        except Exception as exc:  # noqa: BLE001 - unreachable or unreadable: every gauge says why
+            stats, why = None, f"ComfyUI /system_stats failed: {_short(exc)}"
+        if stats is not None:
+            devices, gpu_reason = _comfy_devices(stats)
+            system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
+            total, free = _num(system.get("ram_total")), _num(system.get("ram_free"))
+            used = total - free if total is not None and free is not None else None
+            ram = {"used": None if used is None else int(used), "total": None if total is None else int(total),
+                   "percent": _pct(used, total), "limited_by": None,
+                   "reason": None if used is not None else NOT_REPORTED}
+        else:
+            devices, gpu_reason = [], why
+            ram = {"used": None, "total": None, "percent": None, "limited_by": None, "reason": why}
+        self._snapshot = {
+            "sampled_at": now, "interval_s": self.interval, "source": "system_stats",
+            "cpu": {"percent": None, "count": None, "reason": NOT_REPORTED if stats is not None else why},
+            "ram": ram,
+            "disk": {"path": None, "of": None, "used": None, "total": None, "percent": None,
+                     "reason": NOT_REPORTED if stats is not None else why},
+            "gpu": {"source": "comfyui" if stats is not None else None, "stale": False, "stale_since": None,
+                    "sampled_at": now, "reason": gpu_reason,
+                    "devices": [{**d, "history": {"load": [], "memory": []}} for d in devices]},
+            "thresholds": dict(THRESHOLDS)}
+        return self._snapshot

@@ -193,23 +193,49 @@ def test_a_host_answering_garbage_does_not_disturb_the_other(fakes, tmp_path):
         server.stop_app()
 
 
-def test_hosts_endpoint(fakes, tmp_path):
-    a, b = fakes(2)
-    url = f"a={a.url},b=http://user:secret@127.0.0.1:{b.port},far=http://192.0.2.1:9"
+REMOTE_STATS = {"system": {"os": "posix", "ram_total": 64_000_000_000, "ram_free": 48_000_000_000},
+                "devices": [{"name": "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync", "type": "cuda", "index": 0,
+                             "vram_total": 24_000_000_000, "vram_free": 20_000_000_000}]}
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_hosts_endpoint(fakes, tmp_path, monkeypatch):
+    # Every host runs on this machine (tests reach loopback only); b and far are taken for remote ones.
+    from monitor.config import ComfyHost
+    monkeypatch.setattr(ComfyHost, "is_loopback", property(lambda self: self.name == "a"))
+    a, = fakes(1)
+    b, = fakes(1, system_stats=REMOTE_STATS)
+    url = f"a={a.url},b=http://user:secret@127.0.0.1:{b.port},far=http://127.0.0.1:{_closed_port()}"
     server = LiveServer(a, str(tmp_path / "data"), comfyui_url=url, comfy_timeout=1.0)
     try:
         wait_for(lambda: server.monitor.by_name["b"].listener.connected, what="b to connect")
+        hosts = wait_for(lambda: (lambda h: h if h["b"]["telemetry"] and h["far"]["telemetry"] else None)(
+            {h["name"]: h for h in server.get("/api/admin/hosts").json()["hosts"]}), what="remote samples")
         answer = server.get("/api/admin/hosts").json()
-        hosts = {h["name"]: h for h in answer["hosts"]}
         assert [h["name"] for h in answer["hosts"]] == ["a", "b", "far"]
         assert hosts["b"]["url"] == f"http://127.0.0.1:{b.port}", "credentials removed"
         assert "secret" not in str(answer)
         assert hosts["a"]["connected"] and hosts["a"]["since"] and hosts["a"]["error"] is None
         assert hosts["a"]["queue"] == {"running": 0, "pending": 0}
         assert isinstance(hosts["a"]["features"], dict)
-        assert isinstance(hosts["a"]["telemetry"], dict), "loopback: this machine's sampler"
-        assert hosts["far"]["connected"] is False and hosts["far"]["since"] is None
-        assert hosts["far"]["telemetry"] is None and hosts["far"]["error"]
+        assert hosts["a"]["telemetry"]["cpu"]["count"], "this machine's sampler"
+        # A remote host: what its /system_stats says, and null with a reason for what it does not say.
+        remote = hosts["b"]["telemetry"]
+        assert remote["ram"]["total"] == 64_000_000_000 and remote["ram"]["used"] == 16_000_000_000
+        (gpu,) = remote["gpu"]["devices"]
+        assert gpu["name"] == "NVIDIA GeForce RTX 4090" and gpu["memory_total"] == 24_000_000_000
+        assert gpu["load_percent"] is None and gpu["reason"]
+        assert remote["cpu"]["percent"] is None and "not reported" in remote["cpu"]["reason"]
+        assert remote["disk"]["total"] is None and remote["disk"]["reason"]
+        far = hosts["far"]
+        assert far["connected"] is False and far["since"] is None and far["error"]
+        assert far["telemetry"]["ram"]["total"] is None and "system_stats failed" in far["telemetry"]["ram"]["reason"]
         state = server.monitor.comfy_state()
         assert state["connected"] and [h["name"] for h in state["hosts"]] == ["a", "b", "far"]
     finally:
