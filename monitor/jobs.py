@@ -268,20 +268,22 @@ class JobStore:
                 job["duration_s"] = round(max(0.0, elapsed), 3)
 
     @staticmethod
-    def _columns(job: dict) -> dict:
-        """The jobs table's columns for these fields; a graph goes to job_graphs (_put_graph)."""
+    def _columns(job: dict) -> tuple[dict, str | None]:
+        """The jobs table's columns for these fields, and the graph's JSON (serialised once) for job_graphs
+        (_put_graph); None when the fields hold no graph or a null one."""
         columns = {k: (None if v is None else _dumps(v)) if k in JSON_FIELDS else v
                    for k, v in job.items() if k != "graph"}
+        graph_json = None if job.get("graph") is None else _dumps(job["graph"])
         if "graph" in job:
-            columns["graph_bytes"] = None if job["graph"] is None else len(_dumps(job["graph"]).encode())
-        return columns
+            columns["graph_bytes"] = None if graph_json is None else len(graph_json.encode())
+        return columns, graph_json
 
     @staticmethod
-    def _put_graph(conn, job_id, graph) -> None:
-        if graph is None:
+    def _put_graph(conn, job_id, graph_json: str | None) -> None:
+        if graph_json is None:
             conn.execute("DELETE FROM job_graphs WHERE id = ?", (job_id,))
         else:
-            conn.execute("INSERT OR REPLACE INTO job_graphs (id, graph) VALUES (?, ?)", (job_id, _dumps(graph)))
+            conn.execute("INSERT OR REPLACE INTO job_graphs (id, graph) VALUES (?, ?)", (job_id, graph_json))
 
     def _with_graphs(self, jobs: list[dict]) -> list[dict]:
         """Fill in each job's `graph` from job_graphs (one query per 500 jobs)."""
@@ -306,14 +308,14 @@ class JobStore:
                 record[name] = type(JOB_DEFAULTS[name])()
         record["queued_at"] = record["queued_at"] or utcnow_iso()
         self._settle(record, job)
-        columns = self._columns(record)
+        columns, graph_json = self._columns(record)
         sql = (f"INSERT INTO jobs ({', '.join(columns)}) "
                f"VALUES ({', '.join('?' for _ in columns)})")
         try:
             with self._write() as conn:
                 conn.execute(sql, tuple(columns.values()))
-                if record["graph"] is not None:
-                    self._put_graph(conn, record["id"], record["graph"])
+                if graph_json is not None:
+                    self._put_graph(conn, record["id"], graph_json)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"job {record['id']!r} already exists") from exc
         record.pop("graph", None)   # as update(): without the graph, which the caller has
@@ -362,11 +364,11 @@ class JobStore:
             self._settle(record, fields)
             changed = {k: v for k, v in record.items() if k != "id" and (k in fields or v != current.get(k))}
             if changed:
-                columns = self._columns(changed)
+                columns, graph_json = self._columns(changed)
                 assignments = ", ".join(f"{name} = ?" for name in columns)
                 conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
-            if "graph" in fields:
-                self._put_graph(conn, job_id, fields["graph"])
+            if "graph" in changed:
+                self._put_graph(conn, job_id, graph_json)
         record.pop("graph", None)
         return True, json.loads(_dumps(record))   # as get() would return it (JSON round trip)
 

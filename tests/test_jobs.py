@@ -171,16 +171,21 @@ def test_a_start_time_never_moves_forward(store):
     assert store.get("a")["started_at"] == "2026-01-01T00:00:02+00:00"
 
 
-def test_schema_2_adds_cached_nodes_to_an_existing_database(tmp_path):
-    import sqlite3
-    path = tmp_path / "old.sqlite3"
+def schema_1_database(path, insert: str):
+    """A database as the first release wrote it, holding the one row `insert` adds."""
     conn = sqlite3.connect(path)
     for statement in MIGRATIONS[0]:
         conn.execute(statement)
     conn.execute("PRAGMA user_version=1")
-    conn.execute("INSERT INTO jobs (id, status, queued_at) VALUES ('old', 'running', '2026-01-01T00:00:00+00:00')")
+    conn.execute(insert)
     conn.commit()
     conn.close()
+    return path
+
+
+def test_schema_2_adds_cached_nodes_to_an_existing_database(tmp_path):
+    path = schema_1_database(tmp_path / "old.sqlite3", "INSERT INTO jobs (id, status, queued_at) VALUES "
+                                                       "('old', 'running', '2026-01-01T00:00:00+00:00')")
     store = JobStore(path)
     try:
         assert store.get("old")["cached_nodes"] is None
@@ -418,16 +423,8 @@ def test_wal_checkpoints_run_in_a_worker_thread_not_in_the_writer(tmp_path):
 
 
 def test_graphs_move_to_their_own_table_and_a_status_change_does_not_rewrite_them(tmp_path):
-    import sqlite3
-    path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    for statement in MIGRATIONS[0]:
-        conn.execute(statement)
-    conn.execute("PRAGMA user_version=1")
-    conn.execute("INSERT INTO jobs (id, status, queued_at, graph) VALUES "
-                 "('old', 'queued', '2026-01-01T00:00:00+00:00', '{\"1\": {\"class_type\": \"SaveImage\"}}')")
-    conn.commit()
-    conn.close()
+    path = schema_1_database(tmp_path / "old.sqlite3", "INSERT INTO jobs (id, status, queued_at, graph) VALUES "
+                             "('old', 'queued', '2026-01-01T00:00:00+00:00', '{\"1\": {\"class_type\": \"SaveImage\"}}')")
     store = JobStore(path)
     try:
         assert store.get("old")["graph"] == {"1": {"class_type": "SaveImage"}}
