@@ -112,7 +112,7 @@ class Fleet:
                 "name": host.name, "url": host.spec.base, "connected": st["connected"],
                 "since": iso_from_epoch(st["connected_since"]),
                 "queue": {"running": counts["running"], "pending": counts["queued"]},
-                "features": host.comfy.features.as_dict(),
+                "features": host.comfy.features.as_dict(), "relay": host.relay,
                 "telemetry": (self.remote_telemetry[host.name].snapshot() if host.name in self.remote_telemetry
                               else self.telemetry.snapshot()),
                 "error": error,
