@@ -1,4 +1,5 @@
-"""Command line client for a running monitor: `python -m monitor submit|jobs|cancel|workflows|hosts` over its HTTP API."""
+"""Command line client for a running monitor: `python -m monitor submit|jobs|cancel|workflows|hosts` over its HTTP API;
+`install-node PATH` installs the relay node into a ComfyUI checkout (no monitor needed)."""
 from __future__ import annotations
 
 import argparse
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hosts", parents=[common], help="list the ComfyUI hosts and their state")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_hosts)
+
+    p = sub.add_parser("install-node", help="install or upgrade the relay node in a ComfyUI checkout "
+                                            "(live progress of jobs queued elsewhere)")
+    p.add_argument("path", help="the ComfyUI folder (the one holding main.py and custom_nodes/)")
+    p.set_defaults(func=cmd_install_node)
     return parser
 
 
@@ -198,6 +204,16 @@ def cmd_hosts(api: Api, args) -> int:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_install_node(api: Api, args) -> int:
+    from .install_node import InstallError, install
+    try:
+        for line in install(args.path):
+            print(line)
+    except InstallError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 

@@ -199,6 +199,34 @@ class ComfyClient:
         self._answered_well("GET", "/object_info")
         return info
 
+    # --- the relay node (monitor/comfy_node), when installed in this ComfyUI ---------------------------
+    def relay_info(self, timeout: float = 5.0) -> dict | None:
+        """GET /monitor/relay: {"version", "subscribers"}, or None when the node is not installed (404)."""
+        try:
+            info = self._object("GET", "/monitor/relay", timeout=timeout)
+        except ComfyRejected as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        if not isinstance(info.get("version"), str):
+            raise self._bad_answer("GET", "/monitor/relay", "no version")
+        self._answered_well("GET", "/monitor/relay")
+        return info
+
+    def relay_subscribe(self, client_id: str, timeout: float = 5.0) -> dict:
+        """POST /monitor/relay/subscribe: from now until this socket closes, the node relays to it."""
+        answer = self._object("POST", "/monitor/relay/subscribe", json={"client_id": client_id}, timeout=timeout)
+        self._answered_well("POST", "/monitor/relay/subscribe")
+        return answer
+
+    def relay_telemetry(self, timeout: float = 5.0) -> dict:
+        """GET /monitor/telemetry: the GPU host's own gauges, in the shape of the monitor's snapshot."""
+        snap = self._object("GET", "/monitor/telemetry", timeout=timeout)
+        if not all(isinstance(snap.get(k), dict) for k in ("cpu", "ram", "disk", "gpu")):
+            raise self._bad_answer("GET", "/monitor/telemetry", "not a telemetry snapshot")
+        self._answered_well("GET", "/monitor/telemetry")
+        return snap
+
     def probe_features(self) -> Features:
         """GET /api/jobs and POST /api/jobs/cancel with no ids have no side effects (NEWER_COMFYUI.md §4)."""
         feats = Features(probed=True)

@@ -406,7 +406,7 @@ class SimComfy:
         if isinstance(item, Preview):
             target = self._table.get(client_id) if client_id is not None else None
             if target is not None and target.wants_metadata:
-                target.send(preview_frame(item, run.job.prompt_id, True))
+                self._send_to(client_id, preview_frame(item, run.job.prompt_id, True))
             elif client_id is None or target is not None:
                 # Type 1 goes out right after the step's `progress` (PROTOCOL.md §5.1), type 4 before it.
                 run.pending_type1.append(preview_frame(item, None, False))
@@ -469,6 +469,10 @@ class SimComfy:
         conn = self._table.get(client_id)
         if conn is not None:  # no socket for that id: dropped, never buffered (PROTOCOL.md §2.4)
             conn.send(payload)
+        self._sent(client_id, payload)
+
+    def _sent(self, client_id: str, payload) -> None:
+        """Every message addressed to one client passes here after delivery (tests' relay node hooks in)."""
 
     def _broadcast(self, payload) -> None:
         for conn in list(self._table.values()):
@@ -490,9 +494,12 @@ class SimComfy:
         greeting = self._status()
         greeting["data"]["sid"] = client_id
         conn.send(json.dumps(greeting))
+        self._sent(client_id, json.dumps(greeting))
         run = self.running
         if run is not None and run.job.client_id == client_id and run.current_node is not None:
-            conn.send(json.dumps({"type": "executing", "data": {"node": run.current_node}}))
+            hint = json.dumps({"type": "executing", "data": {"node": run.current_node}})
+            conn.send(hint)
+            self._sent(client_id, hint)
         try:
             while True:
                 raw = ws.receive()
@@ -515,6 +522,7 @@ class SimComfy:
             flags = data.get("data") or {}
             conn.wants_metadata = flags.get("supports_preview_metadata") is True
             conn.send(json.dumps({"type": "feature_flags", "data": dict(SERVER_FEATURES)}))
+            self._sent(conn.client_id, json.dumps({"type": "feature_flags", "data": dict(SERVER_FEATURES)}))
         conn.first_frame_seen = True
 
     # ---- HTTP ------------------------------------------------------------------------------------------

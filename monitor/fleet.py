@@ -116,7 +116,7 @@ class Fleet:
                 "name": host.name, "url": host.spec.base, "connected": st["connected"],
                 "since": iso_from_epoch(st["connected_since"]),
                 "queue": {"running": counts["running"], "pending": counts["queued"]},
-                "features": host.comfy.features.as_dict(),
+                "features": host.comfy.features.as_dict(), "relay": host.relay,
                 "telemetry": self.telemetry_of(host),
                 "error": error,
             })

@@ -90,6 +90,9 @@ class Host:
         self.started_at = time.time()
         self.reconciled_at: float | None = None
         self.object_info: dict | None = None   # several hosts: this one's node types, for routing (None: unknown)
+        self.relay = False             # subscribed to the relay node on the current connection
+        self.relay_version: str | None = None
+        self._relay_noted: bool | None = None   # what was last logged about the node (logged on change)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,6 +168,7 @@ class Host:
             "dropped_connections": st.get("dropped_connections", 0),
             "reconciled_at": iso_from_epoch(self.reconciled_at),
             "features": self.comfy.features.as_dict(),
+            "relay": self.relay,
         }
 
     def _decorate(self, job: dict, position: int | None = None, brief: bool = False) -> dict:
@@ -292,9 +296,35 @@ class Host:
 
     def _after_connect(self) -> None:
         self.comfy.probe_features()
+        self.subscribe_relay()
         self.tracker.on_reconnect()
         self.reconcile()
         self.refresh_object_info()
+
+    def subscribe_relay(self) -> bool:
+        """Probe GET /monitor/relay and subscribe this connection's client id (on every connect: a subscription
+        ends with its socket). With the node, jobs queued by other clients get their progress and previews."""
+        epoch = self._disconnects
+        try:
+            info = self.comfy.relay_info()
+            if info is not None:
+                self.comfy.relay_subscribe(self.client_id)
+        except (ComfyRejected, ComfyUnavailable) as exc:
+            info = None
+            log.warning("%s: the relay node did not take our subscription: %s", self.name, exc)
+        # A connection lost meanwhile has its own probe coming: this one says nothing about it.
+        self.relay = info is not None and epoch == self._disconnects and self.listener.connected
+        self.relay_version = info.get("version") if info else None
+        if self._relay_noted is not self.relay:
+            self._relay_noted = self.relay
+            if self.relay:
+                log.info("%s: relay node %s found; subscribed: jobs queued elsewhere show live progress",
+                         self.name, self.relay_version)
+            else:
+                log.info("%s: no relay node in this ComfyUI: jobs queued elsewhere show start and end only "
+                         "(python -m monitor install-node PATH installs it)", self.name)
+        self.hub.publish({"type": "comfy", **self.fleet.comfy_state()})
+        return self.relay
 
     def refresh_object_info(self) -> None:
         """Cached for the fleet's routing, on every (re)connect and after a submission failed validation (a
@@ -309,6 +339,7 @@ class Host:
 
     def _on_disconnect(self, reason: str) -> None:
         self._disconnects += 1
+        self.relay = False
         self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection: {reason}",
                          severity="warning", data={"host": self.name})
         self.hub.publish({"type": "comfy", **self.fleet.comfy_state()})

@@ -396,14 +396,20 @@ NOT_REPORTED = "not reported by the host's ComfyUI (/system_stats)"
 
 
 class RemoteTelemetry:
-    """Gauges of a host the monitor does not run on, from its ComfyUI's GET /system_stats: GPU names and
-    VRAM, RAM. What that does not report (GPU load and temperature, CPU, disk) is None with a reason, never
-    0. Same snapshot shape as Telemetry's; a relay node on the host can later supply the rest."""
+    """Gauges of a host the monitor does not run on. From the relay node's GET /monitor/telemetry when it
+    answers (the GPU box's own CPU, RAM, disk and every GPU's load, memory and temperature; GPU history kept
+    here), else from its ComfyUI's GET /system_stats: GPU names and VRAM, RAM, and what that does not report
+    (GPU load and temperature, CPU, disk) None with a reason, never 0. Same snapshot shape as Telemetry's;
+    `source` says which: "relay_node" or "system_stats"."""
 
-    def __init__(self, comfy, interval: float = 3.0):
-        self.comfy, self.interval = comfy, interval
+    NODE_RETRY_S = 30.0   # after the node did not answer, /system_stats alone until then
+
+    def __init__(self, comfy, interval: float = 3.0, history_s: float = HISTORY_S):
+        self.comfy, self.interval, self.history_s = comfy, interval, history_s
         self._snapshot: dict | None = None
         self._greenlet: gevent.Greenlet | None = None
+        self._node_retry_at = 0.0
+        self._history: dict[int, dict[str, deque]] = {}
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -425,6 +431,11 @@ class RemoteTelemetry:
             gevent.sleep(self.interval)
 
     def sample(self) -> dict:
+        if time.monotonic() >= self._node_retry_at:
+            snap = self._from_node()
+            if snap is not None:
+                self._snapshot = snap
+                return snap
         now = utcnow_iso()
         try:
             stats = self.comfy.system_stats()
@@ -452,3 +463,31 @@ class RemoteTelemetry:
                     "devices": [{**d, "history": {"load": [], "memory": []}} for d in devices]},
             "thresholds": dict(THRESHOLDS)}
         return self._snapshot
+
+    def _from_node(self) -> dict | None:
+        """The relay node's snapshot with this sampler's GPU history; None (fall back) when it does not answer
+        or is still warming up."""
+        try:
+            snap = self.comfy.relay_telemetry()
+        except Exception:  # noqa: BLE001 - no node (404), an old ComfyUI, unreachable: /system_stats then
+            self._node_retry_at = time.monotonic() + self.NODE_RETRY_S
+            return None
+        if not snap.get("sampled_at"):
+            return None
+        gpu = snap["gpu"]
+        devices = [d for d in gpu.get("devices") or [] if isinstance(d, dict)]
+        now, seen = time.time(), set()
+        for d in devices:
+            index = d.get("index") if isinstance(d.get("index"), int) else len(seen)
+            seen.add(index)
+            hist = self._history.setdefault(index, {"load": deque(), "memory": deque()})
+            for key, value in (("load", d.get("load_percent")), ("memory", d.get("memory_percent"))):
+                if isinstance(value, (int, float)):
+                    hist[key].append([round(now, 1), value])
+                while hist[key] and hist[key][0][0] < now - self.history_s:
+                    hist[key].popleft()
+            d["history"] = {key: list(points) for key, points in hist.items()}
+        for index in set(self._history) - seen:
+            del self._history[index]
+        return {**snap, "interval_s": self.interval, "source": "relay_node",
+                "gpu": {**gpu, "devices": devices}, "thresholds": snap.get("thresholds") or dict(THRESHOLDS)}

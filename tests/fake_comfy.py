@@ -7,6 +7,7 @@ import json
 import struct
 
 from monitor.demo import CHECK, WAIT_INTERRUPT, Engine, Job, Preview, Run, SimComfy, TextFrame
+from monitor.comfy_node.relay import VERSION as RELAY_VERSION
 from recordings import http, load, posted_prompts
 
 DEFAULT_SCENARIO = "01b_happy_path_feature_flags"
@@ -152,8 +153,12 @@ class FakeComfy(SimComfy):
     `.stop(abrupt=True)` and `.start()` come from SimComfy."""
 
     def __init__(self, scenarios=(), speed: float = 10.0, default: str | Engine = DEFAULT_SCENARIO,
-                 start: bool = True, **kwargs):
+                 start: bool = True, relay: bool = False, relay_telemetry: dict | None = None, **kwargs):
         self.speed = speed
+        # The relay node (monitor/comfy_node), as it behaves inside ComfyUI: subscribers are client ids
+        # tied to the socket open when they subscribed; a message for any other client is copied to them.
+        self.relay_subscribers: dict[str, object] = {}
+        self.relay_telemetry = relay_telemetry
         self.scenarios = list(scenarios)
         self._scripted_answers: list[tuple[int, object]] = []
         # (method, path) → callable run before ComfyUI handles that request: a test forces an
@@ -162,6 +167,12 @@ class FakeComfy(SimComfy):
         self.hooks: dict[tuple[str, str], object] = {}
         super().__init__(engine=self._engine(default), **kwargs)
         self.app.before_request(self._run_hook)
+        if relay:
+            for path, name, fn, methods in (("/monitor/relay", "relay", self._relay_info, ["GET"]),
+                                            ("/monitor/relay/subscribe", "relay_sub", self._relay_subscribe, ["POST"]),
+                                            ("/monitor/telemetry", "relay_tel", self._relay_telemetry, ["GET"])):
+                self.app.add_url_rule(path, name, fn, methods=methods)
+                self.app.add_url_rule("/api" + path, "api_" + name, fn, methods=methods)
         if start:
             self.start()
 
@@ -196,3 +207,39 @@ class FakeComfy(SimComfy):
         engine = self._engine(scenario)
         graph = prompt if prompt is not None else getattr(engine, "recorded_graph", {})
         return self.enqueue(json.loads(json.dumps(graph)), client_id=client_id, engine=engine, **kwargs)
+
+    # ---- the relay node ------------------------------------------------------------------------------------
+    def _live_subscribers(self) -> dict:
+        for cid, conn in list(self.relay_subscribers.items()):
+            if self._table.get(cid) is not conn:   # that socket closed, or another took its id
+                del self.relay_subscribers[cid]
+        return self.relay_subscribers
+
+    def _relay_info(self):
+        from flask import jsonify
+        return jsonify(version=RELAY_VERSION, subscribers=len(self._live_subscribers()))
+
+    def _relay_subscribe(self):
+        from flask import jsonify, request
+        body = request.get_json(silent=True)
+        cid = body.get("client_id") if isinstance(body, dict) else None
+        if not isinstance(cid, str) or not cid:
+            return jsonify(error="client_id must be a string"), 400
+        conn = self._table.get(cid)
+        if conn is None:
+            return jsonify(error="no open WebSocket with that client id"), 409
+        self._live_subscribers()[cid] = conn
+        return jsonify(version=RELAY_VERSION, client_id=cid, subscribers=len(self.relay_subscribers))
+
+    def _relay_telemetry(self):
+        from flask import jsonify
+        if self.relay_telemetry is None:
+            return jsonify(error="no telemetry"), 404
+        return jsonify(self.relay_telemetry)
+
+    def _sent(self, client_id: str, payload) -> None:
+        if not self.relay_subscribers or client_id in self.relay_subscribers:
+            return
+        for cid, conn in self._live_subscribers().items():
+            if cid != client_id:
+                conn.send(payload)

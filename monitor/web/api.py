@@ -198,8 +198,10 @@ def healthz():
     body = {"ok": ok}
     if authenticated():   # a supervisor without credentials learns only ok / not ok
         body.update({"db": "ok" if db_ok else "error",
-                     "comfy": {k: comfy[k] for k in ("connected", "since", "last_message_at", "listener_age_s",
-                                                     "reconciled_at")}})
+                     "comfy": {k: comfy.get(k) for k in ("connected", "since", "last_message_at", "listener_age_s",
+                                                         "reconciled_at", "relay")}})
+        if "hosts" in comfy:   # several: each host's connection and relay node
+            body["hosts"] = [{k: h.get(k) for k in ("name", "connected", "relay")} for h in comfy["hosts"]]
     return jsonify(body), 200 if ok else 503
 
 

@@ -247,9 +247,15 @@ def _comfy_state() -> dict:
         return {}
 
 
+def _relay_off() -> set[str] | None:
+    """Hosts without the relay node (their external jobs show start and end only); None when unknown."""
+    hosts = getattr(_monitor(), "hosts", None)
+    return None if hosts is None else {h.name for h in hosts if not getattr(h, "relay", False)}
+
+
 def _context(**extra) -> dict:
     ctx = {"linger_s": LINGER_S, "poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S,
-           "signout": token_only(current_app.config["MONITOR"])}
+           "signout": token_only(current_app.config["MONITOR"]), "relay_off": _relay_off()}
     ctx.update(extra)
     return ctx
 
