@@ -10,7 +10,7 @@ import datetime as _dt
 import math
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, redirect, render_template, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from monitor.timeutil import epoch_from_iso
@@ -161,6 +161,21 @@ def job_thumb(job: dict) -> str | None:
     return view_url(job.get("input_image"), thumb=True)
 
 
+@bp.app_template_global("job_reason")
+def job_reason(job: dict) -> str | None:
+    """A finished job's one-line reason: its error's message (first line), else its status reason."""
+    error = job.get("error") if isinstance(job.get("error"), dict) else {}
+    text = error.get("message") if not error.get("partial") else None
+    if job.get("status") == "failed" and text:
+        where = error.get("node_title") or error.get("node_type")
+        text = f"{where}: {text}" if where else text
+    text = text or job.get("status_reason")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= 160 else line[:159] + "…"
+
+
 @bp.app_template_global("sparkline")
 def sparkline(points, width: int = 100, height: int = 24, lo: float = 0.0, hi: float = 100.0) -> str:
     """SVG polyline points ("x,y x,y …") for a history of [t, v] pairs; only numbers, never user text."""
@@ -213,6 +228,14 @@ def is_scalar(value) -> bool:
 
 
 # --- data helpers -------------------------------------------------------------------------------------------
+
+RECENT_N = 20       # finished jobs in the Recent section
+HISTORY_PAGE = 50   # rows per /admin/history page ("load more" fetches the next)
+
+
+def _recent_context() -> dict:
+    jobs, _ = _monitor().history_page(limit=RECENT_N)
+    return {"recent": jobs, "several_hosts": len(getattr(_monitor(), "hosts", ())) > 1}
 
 CARDS_MAX = 100   # cards on the page; a longer queue says how many more there are (the API pages them all)
 
@@ -292,6 +315,39 @@ def queue_current():
 @bp.get("/admin/queue/gauges")
 def queue_gauges():
     return _fragment("_gauges.html", telemetry=_telemetry())
+
+
+@bp.get("/admin/queue/recent")
+def queue_recent():
+    return _fragment("_recent.html", **_recent_context())
+
+
+def _history_args() -> tuple[str | None, str | None]:
+    from monitor.jobs import FINISHED
+    status = request.args.get("status") or None
+    if status is not None and status not in FINISHED:
+        abort(400, f"unknown status {status[:40]!r}; one of {', '.join(sorted(FINISHED))}")
+    return status, request.args.get("before") or None
+
+
+def _history_data(status, before) -> dict:
+    from monitor.jobs import FINISHED
+    try:
+        jobs, cursor = _monitor().history_page(limit=HISTORY_PAGE, status=status, before=before)
+    except ValueError as exc:   # a cursor that is not one we made
+        abort(400, str(exc))
+    return {"jobs": jobs, "cursor": cursor, "status": status, "statuses": sorted(FINISHED),
+            "several_hosts": len(getattr(_monitor(), "hosts", ())) > 1}
+
+
+@bp.get("/admin/history")
+def history_page():
+    return _fragment("history.html", **_history_data(*_history_args()))
+
+
+@bp.get("/admin/history/rows")
+def history_rows():
+    return _fragment("_history_rows.html", **_history_data(*_history_args()))
 
 
 @bp.get("/admin/jobs/<job_id>/overlay")
