@@ -184,6 +184,16 @@ class Fleet:
         jobs, cursor = self.store.history_page(limit=limit, status=status, before=before)
         return [self._decorate(self.host_of(j), j, brief=True) for j in jobs], cursor
 
+    def history_versions(self, limit: int = 50, status: str | None = None,
+                         before: str | None = None) -> tuple[list[tuple], str | None]:
+        """As history_page, as (id, version, build) for per-row caches of renderings (see active_versions)."""
+        versions, cursor = self.store.history_versions(limit=limit, status=status, before=before)
+
+        def build(job_id):
+            job = self.store.get(job_id, graph=False) or {"id": job_id, "status": "cancelled"}
+            return self._decorate(self.host_of(job), job, brief=True)
+        return [(job_id, version, lambda job_id=job_id: build(job_id)) for job_id, version in versions], cursor
+
     @staticmethod
     def _decorate(host: Host | None, job: dict, position: int | None = None, brief: bool = False) -> dict:
         if host is not None:

@@ -233,9 +233,38 @@ RECENT_N = 20       # finished jobs in the Recent section
 HISTORY_PAGE = 50   # rows per /admin/history page ("load more" fetches the next)
 
 
+ROWS_CACHED = 2000  # rendered history rows kept (finished jobs rarely change: a page is mostly cache hits)
+
+
+def _several_hosts() -> bool:
+    return len(getattr(_monitor(), "hosts", ())) > 1
+
+
+def _history_rows(status=None, before=None, limit=HISTORY_PAGE, cls="hrow") -> tuple[list[Markup], str | None]:
+    """Rendered rows of one history page, each rendered once per version of its job."""
+    from collections import OrderedDict
+    cache = current_app.extensions.setdefault("history_rows", OrderedDict())
+    several = _several_hosts()
+    versions, cursor = _monitor().history_versions(limit=limit, status=status, before=before)
+    macro = current_app.jinja_env.get_template("_job_row.html").module.job_row
+    out = []
+    for job_id, version, build in versions:
+        key = (job_id, cls, several)
+        hit = cache.get(key)
+        if hit is None or hit[0] != version:
+            hit = cache[key] = (version, str(macro(build(), several, cls=cls)))
+            if len(cache) > ROWS_CACHED:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        # Markup: the output of our own autoescaped macro, not user data.
+        out.append(Markup(hit[1]))
+    return out, cursor
+
+
 def _recent_context() -> dict:
-    jobs, _ = _monitor().history_page(limit=RECENT_N)
-    return {"recent": jobs, "several_hosts": len(getattr(_monitor(), "hosts", ())) > 1}
+    rows, _ = _history_rows(limit=RECENT_N, cls="recent-item")
+    return {"recent": rows}
 
 CARDS_MAX = 100   # cards on the page; a longer queue says how many more there are (the API pages them all)
 
@@ -333,11 +362,10 @@ def _history_args() -> tuple[str | None, str | None]:
 def _history_data(status, before) -> dict:
     from monitor.jobs import FINISHED
     try:
-        jobs, cursor = _monitor().history_page(limit=HISTORY_PAGE, status=status, before=before)
+        rows, cursor = _history_rows(status, before)
     except ValueError as exc:   # a cursor that is not one we made
         abort(400, str(exc))
-    return {"jobs": jobs, "cursor": cursor, "status": status, "statuses": sorted(FINISHED),
-            "several_hosts": len(getattr(_monitor(), "hosts", ())) > 1}
+    return {"rows": rows, "cursor": cursor, "status": status, "statuses": sorted(FINISHED)}
 
 
 @bp.get("/admin/history")
