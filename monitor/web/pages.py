@@ -149,10 +149,9 @@ def view_url(image, thumb: bool = False) -> str | None:
 @bp.app_template_global("job_thumb")
 def job_thumb(job: dict) -> str | None:
     """Output image if there is one (latest node first), else the input image, else None (placeholder)."""
-    outputs = list(job.get("outputs") or [])
+    # A running job's live outputs are the newest (the record gets them in batches): never back to an older one.
     progress = job.get("progress") or {}
-    if not outputs and isinstance(progress, dict):
-        outputs = list(progress.get("outputs") or [])
+    outputs = list((progress.get("outputs") if isinstance(progress, dict) else None) or job.get("outputs") or [])
     for out in reversed(outputs):
         for img in reversed((out or {}).get("images") or []):
             url = view_url(img, thumb=True)
@@ -325,7 +324,7 @@ def queue_page():
         "queue.html",
         **_context(cards=_cards(), total=_monitor().active_counts()["total"], current=_monitor().current_job(),
                    telemetry=_telemetry(),
-                   comfy=_comfy_state()),
+                   comfy=_comfy_state(), **_recent_context()),
     ))
     resp.headers["Cache-Control"] = "no-store"
     return resp
