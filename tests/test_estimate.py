@@ -166,3 +166,16 @@ def test_timings_survive_in_the_store(tmp_path):
     est.add(store.timings())
     assert est.remaining(GRAPH, "gpu1", ["5"]) == (pytest.approx(10.0), "1 past run of this workflow")
     store.close()
+
+
+def test_card_thumbnail_precedence_live_output_then_record_output_then_input_then_none():
+    from monitor.web.pages import job_thumb
+
+    def img(name):
+        return [{"node_id": "9", "images": [{"filename": name, "subfolder": "", "type": "output"}]}]
+    job = {"outputs": img("old.png"), "progress": {"outputs": img("old.png") + img("new.png")},
+           "input_image": "in.png"}
+    assert "new.png" in job_thumb(job)                      # a running job's live outputs are the newest
+    assert "old.png" in job_thumb({**job, "progress": None})  # finished (external ones: from /history)
+    assert "in.png" in job_thumb({"outputs": [], "progress": {"outputs": []}, "input_image": "in.png"})
+    assert job_thumb({"outputs": [], "input_image": None}) is None   # the placeholder
