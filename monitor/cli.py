@@ -1,5 +1,5 @@
-"""Command line client for a running monitor: `python -m monitor submit|jobs|cancel|workflows|hosts` over its HTTP API;
-`install-node PATH` installs the relay node into a ComfyUI checkout (no monitor needed)."""
+"""Command line client for a running monitor: `python -m monitor submit|jobs|cancel|requeue|workflows|hosts` over its
+HTTP API; `install-node PATH` installs the relay node into a ComfyUI checkout (no monitor needed)."""
 from __future__ import annotations
 
 import argparse
@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="the job (prompt) id")
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser("requeue", parents=[common], help="run a finished job's graph again")
+    p.add_argument("id", help="the finished job's (prompt) id")
+    p.add_argument("--new-seed", action="store_true", help="randomize every seed input")
+    p.add_argument("--host", help="the ComfyUI host to run on; default: the one with the least work")
+    p.set_defaults(func=cmd_requeue)
+
     p = sub.add_parser("workflows", parents=[common], help="list the workflow templates and their parameters")
     p.add_argument("--json", action="store_true", help="print JSON instead of a list")
     p.set_defaults(func=cmd_workflows)
@@ -165,6 +171,15 @@ def cmd_jobs(api: Api, args) -> int:
 def cmd_cancel(api: Api, args) -> int:
     job = api.call("POST", f"/api/admin/jobs/{quote(args.id, safe='')}/cancel")
     print(f"cancel requested for {job.get('id', args.id)}: status {job.get('status')}")
+    return 0
+
+
+def cmd_requeue(api: Api, args) -> int:
+    body = {"new_seed": True} if args.new_seed else {}
+    if args.host:
+        body["host"] = args.host
+    job = api.call("POST", f"/api/admin/jobs/{quote(args.id, safe='')}/requeue", body)
+    print(f"queued {job.get('id')} from {args.id}: status {job.get('status')}")
     return 0
 
 

@@ -7,10 +7,12 @@ import os
 
 import gevent
 
-from . import capability
+from . import capability, reconciler
+from . import graph as graphs
 from .config import Config
+from .estimate import Estimator
 from .hub import Hub
-from .jobs import EventBus, JobStore, StoreError, prune_step
+from .jobs import FINISHED, EventBus, JobStore, StoreError, prune_step
 from .metrics import Metrics
 from .service import Host, SubmitError, _load_client_id, _lock_data_dir
 from .telemetry import RemoteTelemetry, Telemetry
@@ -47,6 +49,8 @@ class Fleet:
         self.events = EventBus(self.store, on_event=self.hub.publish_event)
         self.hub.events_since = self.events.since  # a reconnecting page replays what it missed
         self.workflows = load_workflows(config.workflows_dir)
+        self.estimator = Estimator()   # learned node durations, shared by the hosts (each looks up its own)
+        self.estimator.add(self.store.timings())
         self.hosts: list[Host] = [Host(config, spec, store=self.store, events=self.events, fleet=self,
                                        client_id=client_id, tag_events=len(specs) > 1)
                                   for spec, client_id in zip(specs, client_ids)]
@@ -152,7 +156,8 @@ class Fleet:
                 break
             host = self.host_of(job)
             pid = job["id"]
-            version = (generation, host.tracker.stamp(pid) if host else None, position)
+            version = (generation, host.tracker.stamp(pid) if host else None, position,
+                       host.estimate_stamp(pid) if host else None)
             out.append((pid, version, lambda job=job, position=position, host=host:
                         self._decorate(host, job, position, brief=True)))
         return out
@@ -181,6 +186,22 @@ class Fleet:
         return [self._decorate(self.host_of(j), j, brief=True)
                 for j in self.store.history(limit=limit, status=status, graph=False)]
 
+    def history_page(self, limit: int = 50, status: str | None = None,
+                     before: str | None = None) -> tuple[list[dict], str | None]:
+        """A page of finished jobs, newest first, and the next page's cursor (JobStore.history_page)."""
+        jobs, cursor = self.store.history_page(limit=limit, status=status, before=before)
+        return [self._decorate(self.host_of(j), j, brief=True) for j in jobs], cursor
+
+    def history_versions(self, limit: int = 50, status: str | None = None,
+                         before: str | None = None) -> tuple[list[tuple], str | None]:
+        """As history_page, as (id, version, build) for per-row caches of renderings (see active_versions)."""
+        versions, cursor = self.store.history_versions(limit=limit, status=status, before=before)
+
+        def build(job_id):
+            job = self.store.get(job_id, graph=False) or {"id": job_id, "status": "cancelled"}
+            return self._decorate(self.host_of(job), job, brief=True)
+        return [(job_id, version, lambda job_id=job_id: build(job_id)) for job_id, version in versions], cursor
+
     @staticmethod
     def _decorate(host: Host | None, job: dict, position: int | None = None, brief: bool = False) -> dict:
         if host is not None:
@@ -202,7 +223,7 @@ class Fleet:
     def hello(self) -> dict:
         return {"type": "hello", "server": {"name": "comfyui-monitor", "time": utcnow_iso()},
                 "comfy": self.comfy_state(),
-                "jobs": [s for host in self.hosts for s in host.tracker.active() if s],
+                "jobs": [s for host in self.hosts for s in host.active_states()],
                 "last_seq": self.events.last_seq()}
 
     # --- jobs in and out ------------------------------------------------------------------------
@@ -255,6 +276,40 @@ class Fleet:
             raise SubmitError(409, f"job {job_id} ran on host {job.get('host')!r}, which is no longer configured",
                               job=self._decorate(None, job))
         return host.cancel(job_id)
+
+    def requeue(self, job_id: str, *, new_seed: bool = False, host: str | None = None) -> dict:
+        """Submit a finished job's graph again (routed like any submission unless `host` is named); the new
+        record says `requeued_from`. The graph is the record's, else (an external job, or one whose graph
+        retention dropped) its host's /history entry; 409 when neither has it or the job is still active."""
+        job = self.store.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job["status"] not in FINISHED:
+            raise SubmitError(409, f"job {job_id} is still {job['status']}; only a finished job can be run again")
+        graph = job.get("graph")
+        if not isinstance(graph, dict) or not graph:
+            graph = self._graph_from_history(job)
+        if not isinstance(graph, dict) or not graph:
+            raise SubmitError(409, f"the graph of job {job_id} is not known (not recorded, and its host's "
+                                   "/history no longer has it); it cannot be run again")
+        if new_seed:
+            graph = graphs.with_new_seeds(graph)
+        new = self.submit(graph, host=host, workflow_id=job.get("workflow_id"),
+                          workflow_name=job.get("workflow_name"), params=job.get("params") or None)
+        self.store.update(new["id"], requeued_from=job_id)
+        self.events.emit("job.requeued", f"Job {new['id'][:8]} queued again from {job_id[:8]}",
+                         data={"id": new["id"], "requeued_from": job_id})
+        return self.get_job(new["id"], graph=False)
+
+    def _graph_from_history(self, job: dict) -> dict | None:
+        host = self.host_of(job)
+        if host is None:
+            return None
+        reached, entry = reconciler.fetch_history(host.comfy, job["id"])
+        prompt = entry.get("prompt") if isinstance(entry, dict) else None
+        if isinstance(prompt, list) and len(prompt) >= 3 and isinstance(prompt[2], dict):
+            return prompt[2]
+        return None
 
     # --- retention ------------------------------------------------------------------------------
     def _prune_loop(self) -> None:

@@ -168,6 +168,21 @@ def prompt_excerpt(graph, limit: int = 160) -> str | None:
     return None
 
 
+def with_new_seeds(graph: dict, rng=None) -> dict:
+    """A copy of the graph whose literal seed / noise_seed inputs are random (each its own)."""
+    import copy
+    import random
+    rng = rng or random.SystemRandom()
+    out = copy.deepcopy(graph)
+    for nid in _node_ids(out):
+        inputs = _inputs(out[nid])
+        for name in SEED_INPUTS:
+            value = inputs.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                inputs[name] = rng.randrange(2 ** 48)
+    return out
+
+
 def seeds(graph) -> list[int]:
     """Values of inputs named seed / noise_seed (literal integers, not links), in node order, unique."""
     found: list[int] = []

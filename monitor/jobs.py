@@ -27,6 +27,7 @@ JOB_DEFAULTS = {
     "duration_s": None, "params": {}, "seeds": [], "input_image": None, "output_dir": None, "job_folder": None,
     "outputs": [], "error": None, "prompt_excerpt": None, "node_total": None, "node_done": None,
     "number": None, "client_id": None, "graph": None, "outputs_to_execute": None, "cached_nodes": None,
+    "requeued_from": None,
 }
 JSON_FIELDS = frozenset({"params", "seeds", "outputs", "error", "graph", "outputs_to_execute", "cached_nodes"})
 TIME_FIELDS = frozenset({"queued_at", "started_at", "finished_at"})
@@ -65,6 +66,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # (JobStore.assign_host), since the schema cannot know its name.
     # `routed`: why the fleet sent a submission to that host.
     ("ALTER TABLE jobs ADD COLUMN host TEXT", "ALTER TABLE jobs ADD COLUMN routed TEXT"),
+    # Learned durations: how long each node of a completed run took (cached ones 0 s, marked), with what
+    # drives its cost, for estimates (estimate.py). Requeue: the job a new one was made from. History pages
+    # sort on when a job finished: indexed, with and without a status filter (NOT IN keeps the planner on
+    # the time index, see JobStore.history_page).
+    ("""CREATE TABLE node_timings (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL, host TEXT, node_id TEXT NOT NULL, class_type TEXT NOT NULL,
+            cost TEXT NOT NULL, signature TEXT NOT NULL, steps REAL, pixels REAL,
+            seconds REAL NOT NULL, cached INTEGER NOT NULL DEFAULT 0, recorded_at TEXT NOT NULL)""",
+     "ALTER TABLE jobs ADD COLUMN requeued_from TEXT",
+     "CREATE INDEX jobs_finished_order ON jobs (COALESCE(finished_at, queued_at))",
+     "CREATE INDEX jobs_status_finished_order ON jobs (status, COALESCE(finished_at, queued_at))"),
 ]
 
 
@@ -416,8 +429,8 @@ class JobStore:
     def history(self, limit=50, status=None, graph: bool = True) -> list[dict]:
         """Finished jobs (terminal or stalled), newest first; graph=False as for active()."""
         limit = max(0, int(limit))
-        if status is None:
-            where, params = f"status IN ({', '.join('?' for _ in FINISHED)})", tuple(sorted(FINISHED))
+        if status is None:   # NOT IN: walks the time index (see history_page)
+            where, params = "status NOT IN ('queued', 'running')", ()
         elif status in FINISHED:
             where, params = "status = ?", (status,)
         else:
@@ -427,6 +440,64 @@ class JobStore:
             "ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit))
         jobs = [_row_to_job(r, _BRIEF_NAMES) for r in rows]
         return self._with_graphs(jobs) if graph else jobs
+
+    def history_versions(self, limit=50, status=None, before: str | None = None) -> tuple[list[tuple], str | None]:
+        """One page of finished jobs, newest first, after the cursor `before` (from the previous page), as
+        (id, version) pairs (the version changes whenever what a row shows does), and the next page's cursor
+        or None. Keyset paging on an index: as fast on the thousandth page as on the first; reads no JSON.
+        ValueError for a bad status or cursor."""
+        limit = max(1, int(limit))
+        if status is None:
+            # Not "status IN (finished)": that would pick the status index and sort every finished row.
+            where, params = "status NOT IN ('queued', 'running')", []
+        elif status in FINISHED:
+            where, params = "status = ?", [status]
+        else:
+            raise ValueError(f"history status must be one of {', '.join(sorted(FINISHED))}, got {status!r}")
+        if before:
+            at, sep, rowid = before.rpartition("|")
+            if not sep or not rowid.isdigit():
+                raise ValueError(f"bad history cursor {before[:60]!r}")
+            where += " AND (COALESCE(finished_at, queued_at) < ? OR (COALESCE(finished_at, queued_at) = ? AND rowid < ?))"
+            params += [at, at, int(rowid)]
+        rows = self._query(
+            "SELECT id, status, finished_at, started_at, duration_s, status_reason, length(outputs), length(error), "
+            "host, workflow_name, source, rowid AS row_id, COALESCE(finished_at, queued_at) AS at FROM jobs "
+            f"WHERE {where} ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = f"{rows[-1]['at']}|{rows[-1]['row_id']}" if more and rows else None
+        return [(r["id"], tuple(r)[1:11]) for r in rows], cursor
+
+    def history_page(self, limit=50, status=None, before: str | None = None) -> tuple[list[dict], str | None]:
+        """As history_versions, with the job records (no graphs)."""
+        versions, cursor = self.history_versions(limit, status, before)
+        jobs = [self.get(job_id, graph=False) for job_id, _ in versions]
+        return [j for j in jobs if j is not None], cursor
+
+    # --- learned durations ----------------------------------------------------------------------
+    TIMINGS_KEEP = 200_000   # node timing rows kept (newest); a few hundred thousand is a few tens of MB
+
+    def record_timings(self, job_id: str, rows: list[dict]) -> None:
+        if not rows:
+            return
+        now = utcnow_iso()
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO node_timings (job_id, host, node_id, class_type, cost, signature, steps, pixels, "
+                "seconds, cached, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(job_id, r["host"], r["node_id"], r["class_type"], r["cost"], r["signature"], r.get("steps"),
+                  r.get("pixels"), r["seconds"], 1 if r["cached"] else 0, now) for r in rows])
+            last = conn.execute("SELECT MAX(id) FROM node_timings").fetchone()[0] or 0
+            if last > self.TIMINGS_KEEP:
+                conn.execute("DELETE FROM node_timings WHERE id <= ?", (last - self.TIMINGS_KEEP,))
+
+    def timings(self, limit: int = 50_000) -> list[dict]:
+        """The newest recorded node timings, oldest first (what an Estimator is loaded with)."""
+        rows = self._query("SELECT * FROM (SELECT job_id, host, node_id, class_type, cost, signature, steps, "
+                           "pixels, seconds, cached, id FROM node_timings ORDER BY id DESC LIMIT ?) ORDER BY id",
+                           (int(limit),))
+        return [dict(r) for r in rows]
 
 
 VACUUM_PAGES = 512    # pages (4 KiB) handed back per prune step

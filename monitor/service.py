@@ -11,6 +11,7 @@ import uuid
 import gevent
 from gevent.lock import RLock
 
+from . import estimate as estimates
 from . import graph as graphs
 from . import markers, reconciler
 from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
@@ -35,6 +36,8 @@ STALLED_RECHECK_S = 15.0
 STALLED_ASKS_PER_PASS = 10
 OUTPUTS_FLUSH_S = 1.0   # node outputs of running jobs reach the record at most this late
 HISTORY_TRIES = 3       # a superseded prompt's /history entry is written before the next starts; retry briefly
+ESTIMATES_TTL_S = 0.25  # the host's queue estimates are recomputed at most this often (and on every store write)
+ESTIMATES_PUSHED = 100  # queued jobs whose changed "starts in" is pushed to browsers while a job runs
 
 
 class SubmitError(Exception):
@@ -93,6 +96,9 @@ class Host:
         self.relay = False             # subscribed to the relay node on the current connection
         self.relay_version: str | None = None
         self._relay_noted: bool | None = None   # what was last logged about the node (logged on change)
+        self._own_estimates: dict[str, tuple[int, tuple]] = {}   # queued prompt → (estimator version, estimate)
+        self._estimates: tuple | None = None     # (key, monotonic time, {id: estimate}, work ahead)
+        self._pushed_estimates: dict[str, tuple] = {}   # queued prompt → quantized estimate last pushed
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,9 +182,87 @@ class Host:
         state = self.tracker.state(job["id"]) if job["status"] not in TERMINAL else None
         job["progress"] = state
         job["queue_position"] = position if job["status"] == "queued" else None
+        if job["status"] in ("queued", "running"):
+            job.update(self.estimates().get(job["id"]) or _unknown_estimate(job["status"]))
         if brief:
             job.pop("graph", None)
         return job
+
+    # --- learned estimates ----------------------------------------------------------------------
+    def job_estimate(self, pid: str) -> tuple[float | None, str]:
+        """(seconds left for the whole job, basis) of an active job; a queued one's is its own run time."""
+        estimator = getattr(self.fleet, "estimator", None)
+        plan = self.tracker.plan(pid)
+        if estimator is None or plan is None:
+            return None, "graph unknown"
+        if plan["status"] == "running":
+            return estimator.remaining(plan["graph"], self.name, plan["pending"], cached_known=plan["cached_known"],
+                                       current=plan["current"], current_s=plan["current_s"],
+                                       step_eta_s=plan["step_eta_s"])
+        known = self._own_estimates.get(pid)
+        if known is None or known[0] != estimator.version:
+            known = self._own_estimates[pid] = (estimator.version, estimator.remaining(
+                plan["graph"], self.name, plan["pending"], cached_known=plan["cached_known"]))
+        return known[1]
+
+    def estimates(self) -> dict[str, dict]:
+        """This host's active jobs → {"eta_s", "eta_basis"} and, for queued ones, "starts_in_s" (the work
+        ahead of it here) and "done_in_s"; null where anything ahead, or the job itself, is unknown."""
+        return self._queue_estimates()[2]
+
+    def estimated_wait_s(self) -> float | None:
+        """Seconds of work ahead on this host (running + queued), None when unknown; 0 when idle."""
+        return self._queue_estimates()[3]
+
+    def _queue_estimates(self) -> tuple:
+        estimator = getattr(self.fleet, "estimator", None)
+        key = (self.store.generation, estimator.version if estimator else None)
+        now = time.monotonic()
+        cached = self._estimates
+        if cached is not None and cached[0] == key and now - cached[1] < ESTIMATES_TTL_S:
+            return cached
+        out: dict[str, dict] = {}
+        ahead: float | None = 0.0
+        active = self.own_active(graph=False)
+        for job in active:
+            eta, basis = self.job_estimate(job["id"])
+            entry = {"eta_s": eta, "eta_basis": basis}
+            if job["status"] == "queued":
+                entry["starts_in_s"] = None if ahead is None else round(ahead, 1)
+                entry["done_in_s"] = None if ahead is None or eta is None else round(ahead + eta, 1)
+            ahead = None if ahead is None or eta is None else ahead + eta
+            out[job["id"]] = entry
+        ids = set(out)
+        for pid in [p for p in self._own_estimates if p not in ids]:
+            del self._own_estimates[pid]
+        self._estimates = (key, now, out, None if ahead is None else round(ahead, 1))
+        return self._estimates
+
+    def estimate_stamp(self, pid: str):
+        """Changes when a job's estimate changes visibly (quantized): part of a rendering's version."""
+        return _quantized(self.estimates().get(pid))
+
+    def active_states(self) -> list[dict]:
+        """The tracker's active states, each with its "estimate" (the hello message's jobs)."""
+        return [self._with_estimate(state["prompt_id"], state) for state in self.tracker.active() if state]
+
+    def _with_estimate(self, pid: str, state: dict) -> dict:
+        if state.get("status") in ("queued", "running"):
+            state["estimate"] = self.estimates().get(pid) or _unknown_estimate(state["status"])
+        return state
+
+    def _record_timings(self, pid: str, graph) -> None:
+        """A completed run seen start to end: its node timings become history for estimates."""
+        estimator = getattr(self.fleet, "estimator", None)
+        timings = self.tracker.timings(pid)
+        if estimator is None or not isinstance(graph, dict) or not timings or not timings["complete"]:
+            return
+        try:
+            rows = estimates.timing_rows(graph, timings, self.name)
+            self.store.record_timings(pid, rows)
+            estimator.add(rows, pid)
+        except Exception:   # an estimate is a nicety: never let it break settling a job
+            log.exception("recording node timings of %s failed", pid)
 
     # --- jobs in ----------------------------------------------------------------------------
     def submit(self, prompt: dict, *, workflow_id: str | None = None, workflow_name: str | None = None,
@@ -340,6 +424,7 @@ class Host:
     def _on_disconnect(self, reason: str) -> None:
         self._disconnects += 1
         self.relay = False
+        self.tracker.on_disconnect()
         self.events.emit("comfy.disconnected", f"Lost the ComfyUI connection: {reason}",
                          severity="warning", data={"host": self.name})
         self.hub.publish({"type": "comfy", **self.fleet.comfy_state()})
@@ -535,6 +620,8 @@ class Host:
                     # A run we joined late ended by its message: /history has its start time and cached
                     # nodes (written moments after that message), so the record can still be made exact.
                     gevent.spawn(self._correct_from_history, pid)
+            if status == "completed":
+                self._record_timings(pid, job.get("graph"))
             job = self.store.update(pid, **fields)
             metrics = getattr(self.fleet, "metrics", None)
             if metrics is not None:
@@ -565,11 +652,27 @@ class Host:
         for pid in self.tracker.pop_dirty():
             state = self.tracker.state(pid)
             if state is not None:
-                self.hub.set_progress(pid, state)
+                self.hub.set_progress(pid, self._with_estimate(pid, state))
+        self._push_estimates()
         busy = self.busy
         if self._was_busy and not busy and not self.fleet.busy():
             self.hub.set_progress(None, {"prompt_id": None, "status": "idle"})
         self._was_busy = busy
+
+    def _push_estimates(self) -> None:
+        """Queued jobs' "starts in" moves with the running job: push the first ones when it changes visibly."""
+        pushed, sent = {}, 0
+        for pid, entry in self.estimates().items():
+            if "starts_in_s" not in entry or sent >= ESTIMATES_PUSHED:
+                continue
+            sent += 1
+            stamp = pushed[pid] = _quantized(entry)
+            if self._pushed_estimates.get(pid) != stamp:
+                state = self.tracker.state(pid)
+                if state is not None and state.get("status") == "queued":
+                    state["estimate"] = entry
+                    self.hub.set_progress(pid, state)
+        self._pushed_estimates = pushed
 
     @property
     def answer_error(self) -> str | None:
@@ -818,6 +921,27 @@ class Host:
             if now - at > LINGER_S:
                 self.tracker.forget(pid)
                 del self._finished[pid]
+
+
+def _unknown_estimate(status: str) -> dict:
+    entry = {"eta_s": None, "eta_basis": "graph unknown"}
+    if status == "queued":
+        entry.update(starts_in_s=None, done_in_s=None)
+    return entry
+
+
+def _quantize(value):
+    """Seconds coarsened to what a person reads ("~40s", "~2m"): 1 s under a minute, 5 s under ten, then 30 s."""
+    if value is None:
+        return None
+    step = 1 if value < 60 else 5 if value < 600 else 30
+    return int(round(value / step)) * step
+
+
+def _quantized(entry: dict | None):
+    if not entry:
+        return None
+    return tuple(_quantize(entry.get(k)) for k in ("eta_s", "starts_in_s", "done_in_s")) + (entry.get("eta_basis"),)
 
 
 def _input_image(graph: dict | None) -> str | None:

@@ -47,7 +47,8 @@ class Preview:
 class _Prompt:
     __slots__ = ("id", "graph", "outputs_to_execute", "number", "client_id", "status", "started",
                  "comfy_started", "finished", "updated", "cached", "cached_known", "effective", "done", "ps", "ps_running", "ps_finished", "node", "display",
-                 "step", "step_node", "step_at", "intervals", "floor", "outputs", "frozen")
+                 "step", "step_node", "step_at", "intervals", "floor", "outputs", "frozen",
+                 "node_at", "timings", "timing_gap")
 
     def __init__(self, prompt_id: str, now: float):
         self.id = prompt_id
@@ -78,6 +79,9 @@ class _Prompt:
         self.floor: float | None = None            # highest percent reported: keeps it monotonic
         self.outputs: dict[str, dict] = {}        # node id → output entry, oldest first
         self.frozen: dict | None = None            # final state once terminal
+        self.node_at: float | None = None          # when the current node started (our clock)
+        self.timings: dict[str, float] = {}        # node id → seconds it ran, for nodes seen start to end
+        self.timing_gap = False                    # a reconnect mid-run: some node boundaries were missed
 
 
 def _str(value) -> str | None:
@@ -208,6 +212,13 @@ class Tracker:
             p.step_at = None
             p.intervals.clear()
 
+    def on_disconnect(self) -> None:
+        """The connection dropped: node boundaries of the running prompts may be missed meanwhile, so their
+        timings are not a complete record."""
+        for p in self._prompts.values():
+            if p.status == "running" and p.frozen is None:
+                p.timing_gap = True
+
     # --- messages ------------------------------------------------------------------------------
     def handle(self, msg_type: str, data: dict) -> list[Transition]:
         """Apply one parsed text message. Unknown types and malformed fields are ignored."""
@@ -328,6 +339,7 @@ class Tracker:
         if p is None or node is None:
             return
         p.done.add(node)
+        self._end_timing(p, node)
         output = data.get("output")
         if isinstance(output, dict):
             title = graphs.node_title(p.graph, _str(data.get("display_node")) or node)
@@ -426,6 +438,10 @@ class Tracker:
             return
         if p.node is not None and p.ps is None:
             p.done.add(p.node)  # no progress_state from this server: the next node means this one ended
+        now = self._clock()
+        if p.node is not None:
+            self._end_timing(p, p.node, now)
+        p.node_at = now
         p.node, p.display = node, display
         p.step = p.step_node = p.step_at = None
         p.intervals.clear()
@@ -452,8 +468,16 @@ class Tracker:
                 p.outputs.pop(entry["node_id"], None)   # a node's newer output moves to the end
                 p.outputs[entry["node_id"]] = entry
 
+    def _end_timing(self, p: _Prompt, node: str, now: float | None = None) -> None:
+        """A node ended (the next one started, its output arrived, or the prompt ended): how long it ran,
+        if we saw it start."""
+        if node == p.node and p.node_at is not None and node not in p.timings:
+            p.timings[node] = max((self._clock() if now is None else now) - p.node_at, 0.0)
+
     def _terminate(self, p: _Prompt, status: str, data: dict) -> Transition:
         now = self._clock()
+        if p.node is not None and status == "completed":
+            self._end_timing(p, p.node, now)
         p.status, p.finished = status, now
         effective = self._effective(p)
         if status == "completed" and effective:
@@ -592,6 +616,37 @@ class Tracker:
 
     def running_id(self) -> str | None:
         return self._running
+
+    def timings(self, prompt_id) -> dict | None:
+        """How long each node of a prompt ran, as seen live (None if unknown): {"nodes": {id: s},
+        "cached": [ids], "complete": a completed run seen start to end with no reconnect in between}.
+        Kept after the prompt settles, until forget()."""
+        p = self._prompts.get(prompt_id)
+        if p is None:
+            return None
+        return {"nodes": dict(p.timings), "cached": list(p.cached),
+                "complete": p.status == "completed" and p.cached_known and not p.timing_gap}
+
+    def plan(self, prompt_id) -> dict | None:
+        """What is left of an unsettled prompt, for estimates (None if settled, unknown or without graph):
+        {"status", "graph", "pending": node ids still to run (the current one excluded), "current": node id
+        or None, "current_s": seconds it has run, "step_eta_s": its steps left at the live rate or None,
+        "cached_known": whether ComfyUI has said which nodes it takes from its cache}."""
+        p = self._prompts.get(prompt_id)
+        if p is None or p.frozen is not None:
+            return None
+        effective = self._effective(p)
+        if effective is None:
+            return None
+        current = p.node if p.status == "running" and p.node in effective and p.node not in p.done else None
+        rate = self._it_per_s(p) if current is not None and p.step_node == current else None
+        now = self._clock()
+        return {"status": p.status, "graph": p.graph,
+                "pending": [n for n in effective if n not in p.done and n != current],
+                "current": current,
+                "current_s": max(now - p.node_at, 0.0) if current is not None and p.node_at is not None else 0.0,
+                "step_eta_s": (p.step[1] - p.step[0]) / rate if rate and p.step else None,
+                "cached_known": p.cached_known}
 
     def stamp(self, prompt_id):
         """A value that changes whenever state(prompt_id) would: None for unknown prompts, and a fresh

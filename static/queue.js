@@ -263,6 +263,10 @@
 
   // ---------------------------------------------------------------------------------------------- messages
   function handleMessage(msg) {
+    // Other scripts (eta.js) follow the stream through DOM events.
+    if (msg.type === "progress" || msg.type === "event") {
+      document.dispatchEvent(new CustomEvent("monitor:" + msg.type, { detail: msg }));
+    }
     switch (msg.type) {
       case "hello": return onHello(msg);
       case "progress": return onProgress(msg);
@@ -608,6 +612,8 @@
       if (close) close.focus();
     });
   }
+
+  window.monitorOpenOverlay = openOverlay;   // eta.js: the Recent section's rows open the same overlay
 
   var overlayThrottle = null;
   function refreshOverlay() {

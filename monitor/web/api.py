@@ -283,6 +283,22 @@ def cancel(job_id: str):
     return jsonify(job)
 
 
+@bp.post("/api/admin/jobs/<job_id>/requeue")
+@submission_slot
+def requeue(job_id: str):
+    body = _body()
+    new_seed = body.get("new_seed", False)
+    if not isinstance(new_seed, bool):
+        raise ApiError(400, "new_seed must be true or false")
+    try:
+        job = mon().requeue(job_id, new_seed=new_seed, host=_host(body))
+    except KeyError:
+        raise ApiError(404, f"no job with id {job_id!r}")
+    except SubmitError as exc:
+        return _submit_error(exc)
+    return jsonify(job), 201
+
+
 def _host(body: dict) -> str | None:
     host = body.get("host")
     if host is not None and not isinstance(host, str):

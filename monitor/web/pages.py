@@ -10,7 +10,7 @@ import datetime as _dt
 import math
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, redirect, render_template, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from monitor.timeutil import epoch_from_iso
@@ -149,16 +149,30 @@ def view_url(image, thumb: bool = False) -> str | None:
 @bp.app_template_global("job_thumb")
 def job_thumb(job: dict) -> str | None:
     """Output image if there is one (latest node first), else the input image, else None (placeholder)."""
-    outputs = list(job.get("outputs") or [])
+    # A running job's live outputs are the newest (the record gets them in batches): never back to an older one.
     progress = job.get("progress") or {}
-    if not outputs and isinstance(progress, dict):
-        outputs = list(progress.get("outputs") or [])
+    outputs = list((progress.get("outputs") if isinstance(progress, dict) else None) or job.get("outputs") or [])
     for out in reversed(outputs):
         for img in reversed((out or {}).get("images") or []):
             url = view_url(img, thumb=True)
             if url:
                 return url
     return view_url(job.get("input_image"), thumb=True)
+
+
+@bp.app_template_global("job_reason")
+def job_reason(job: dict) -> str | None:
+    """A finished job's one-line reason: its error's message (first line), else its status reason."""
+    error = job.get("error") if isinstance(job.get("error"), dict) else {}
+    text = error.get("message") if not error.get("partial") else None
+    if job.get("status") == "failed" and text:
+        where = error.get("node_title") or error.get("node_type")
+        text = f"{where}: {text}" if where else text
+    text = text or job.get("status_reason")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= 160 else line[:159] + "…"
 
 
 @bp.app_template_global("sparkline")
@@ -213,6 +227,43 @@ def is_scalar(value) -> bool:
 
 
 # --- data helpers -------------------------------------------------------------------------------------------
+
+RECENT_N = 20       # finished jobs in the Recent section
+HISTORY_PAGE = 50   # rows per /admin/history page ("load more" fetches the next)
+
+
+ROWS_CACHED = 2000  # rendered history rows kept (finished jobs rarely change: a page is mostly cache hits)
+
+
+def _several_hosts() -> bool:
+    return len(getattr(_monitor(), "hosts", ())) > 1
+
+
+def _history_rows(status=None, before=None, limit=HISTORY_PAGE, cls="hrow") -> tuple[list[Markup], str | None]:
+    """Rendered rows of one history page, each rendered once per version of its job."""
+    from collections import OrderedDict
+    cache = current_app.extensions.setdefault("history_rows", OrderedDict())
+    several = _several_hosts()
+    versions, cursor = _monitor().history_versions(limit=limit, status=status, before=before)
+    macro = current_app.jinja_env.get_template("_job_row.html").module.job_row
+    out = []
+    for job_id, version, build in versions:
+        key = (job_id, cls, several)
+        hit = cache.get(key)
+        if hit is None or hit[0] != version:
+            hit = cache[key] = (version, str(macro(build(), several, cls=cls)))
+            if len(cache) > ROWS_CACHED:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        # Markup: the output of our own autoescaped macro, not user data.
+        out.append(Markup(hit[1]))
+    return out, cursor
+
+
+def _recent_context() -> dict:
+    rows, _ = _history_rows(limit=RECENT_N, cls="recent-item")
+    return {"recent": rows}
 
 CARDS_MAX = 100   # cards on the page; a longer queue says how many more there are (the API pages them all)
 
@@ -279,7 +330,7 @@ def queue_page():
         "queue.html",
         **_context(cards=_cards(), total=_monitor().active_counts()["total"], current=_monitor().current_job(),
                    telemetry=_telemetry(),
-                   comfy=_comfy_state()),
+                   comfy=_comfy_state(), **_recent_context()),
     ))
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -298,6 +349,38 @@ def queue_current():
 @bp.get("/admin/queue/gauges")
 def queue_gauges():
     return _fragment("_gauges.html", telemetry=_telemetry())
+
+
+@bp.get("/admin/queue/recent")
+def queue_recent():
+    return _fragment("_recent.html", **_recent_context())
+
+
+def _history_args() -> tuple[str | None, str | None]:
+    from monitor.jobs import FINISHED
+    status = request.args.get("status") or None
+    if status is not None and status not in FINISHED:
+        abort(400, f"unknown status {status[:40]!r}; one of {', '.join(sorted(FINISHED))}")
+    return status, request.args.get("before") or None
+
+
+def _history_data(status, before) -> dict:
+    from monitor.jobs import FINISHED
+    try:
+        rows, cursor = _history_rows(status, before)
+    except ValueError as exc:   # a cursor that is not one we made
+        abort(400, str(exc))
+    return {"rows": rows, "cursor": cursor, "status": status, "statuses": sorted(FINISHED)}
+
+
+@bp.get("/admin/history")
+def history_page():
+    return _fragment("history.html", **_history_data(*_history_args()))
+
+
+@bp.get("/admin/history/rows")
+def history_rows():
+    return _fragment("_history_rows.html", **_history_data(*_history_args()))
 
 
 @bp.get("/admin/jobs/<job_id>/overlay")
