@@ -223,9 +223,34 @@ def _cards() -> list[Markup]:
     cache = current_app.extensions.setdefault("card_fragments", FragmentCache())
     env = current_app.jinja_env
     card = env.get_template("_card.html")
+    multi = _multi_host()
     # Markup: each piece is the output of our own autoescaped template, not user data.
-    return [Markup(html) for html in cache.render_all(_monitor().active_versions(0, CARDS_MAX),
-                                                       lambda job: card.render(job=job))]
+    return [Markup(html) for html in cache.render_all(_monitor().card_versions(CARDS_MAX),
+                                                       lambda job: card.render(job=job, multi_host=multi))]
+
+
+def _multi_host() -> bool:
+    """Several ComfyUI hosts: the page shows a row per host, a panel per running job and host badges."""
+    return len(_monitor().hosts) > 1
+
+
+def _hosts() -> list[dict]:
+    try:
+        return _monitor().host_views()
+    except Exception:  # the host rows then say nothing rather than take the page down
+        current_app.logger.exception("host_views failed")
+        return []
+
+
+def _runs() -> list[dict]:
+    return _monitor().running_jobs()
+
+
+def _newest(runs: list[dict]) -> dict | None:
+    """The running job that started last: where the Preview points until the viewer picks a panel."""
+    def started(job):
+        return (job.get("progress") or {}).get("started_at") or job.get("started_at") or ""
+    return max(runs, key=started) if runs else None
 
 
 def _telemetry() -> dict | None:
@@ -249,7 +274,7 @@ def _comfy_state() -> dict:
 
 def _context(**extra) -> dict:
     ctx = {"linger_s": LINGER_S, "poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S,
-           "signout": token_only(current_app.config["MONITOR"])}
+           "signout": token_only(current_app.config["MONITOR"]), "multi_host": _multi_host()}
     ctx.update(extra)
     return ctx
 
@@ -269,11 +294,14 @@ def index():
 
 @bp.get("/admin/queue")
 def queue_page():
+    if _multi_host():
+        runs = _runs()
+        live = dict(runs=runs, current=_newest(runs), hosts=_hosts())
+    else:
+        live = dict(current=_monitor().current_job(), telemetry=_telemetry())
     resp = current_app.make_response(render_template(
         "queue.html",
-        **_context(cards=_cards(), total=_monitor().active_counts()["total"], current=_monitor().current_job(),
-                   telemetry=_telemetry(),
-                   comfy=_comfy_state()),
+        **_context(cards=_cards(), total=_monitor().active_counts()["total"], comfy=_comfy_state(), **live),
     ))
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -286,11 +314,15 @@ def queue_cards():
 
 @bp.get("/admin/queue/current")
 def queue_current():
+    if _multi_host():
+        return _fragment("_current.html", runs=_runs())
     return _fragment("_current.html", current=_monitor().current_job())
 
 
 @bp.get("/admin/queue/gauges")
 def queue_gauges():
+    if _multi_host():
+        return _fragment("_gauges.html", hosts=_hosts())
     return _fragment("_gauges.html", telemetry=_telemetry())
 
 
