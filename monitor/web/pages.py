@@ -127,9 +127,10 @@ THUMB_PREVIEW = "webp;75"
 
 
 @bp.app_template_global("view_url")
-def view_url(image, thumb: bool = False) -> str | None:
+def view_url(image, thumb: bool = False, host: str | None = None) -> str | None:
     """The /api/view proxy URL of an image ref ({filename, subfolder, type}) or of a bare input filename;
-    `thumb` asks ComfyUI for its lighter preview encoding."""
+    `thumb` asks ComfyUI for its lighter preview encoding; `host` names the host that has the file (a page
+    watching several hosts; one host needs none)."""
     if not image:
         return None
     if isinstance(image, str):
@@ -143,11 +144,13 @@ def view_url(image, thumb: bool = False) -> str | None:
     }
     if thumb:
         params["preview"] = THUMB_PREVIEW
+    if host:
+        params["host"] = str(host)
     return f"/api/view?{urlencode(params)}"
 
 
 @bp.app_template_global("job_thumb")
-def job_thumb(job: dict) -> str | None:
+def job_thumb(job: dict, host: str | None = None) -> str | None:
     """Output image if there is one (latest node first), else the input image, else None (placeholder)."""
     outputs = list(job.get("outputs") or [])
     progress = job.get("progress") or {}
@@ -155,10 +158,10 @@ def job_thumb(job: dict) -> str | None:
         outputs = list(progress.get("outputs") or [])
     for out in reversed(outputs):
         for img in reversed((out or {}).get("images") or []):
-            url = view_url(img, thumb=True)
+            url = view_url(img, thumb=True, host=host)
             if url:
                 return url
-    return view_url(job.get("input_image"), thumb=True)
+    return view_url(job.get("input_image"), thumb=True, host=host)
 
 
 @bp.app_template_global("sparkline")
@@ -242,8 +245,10 @@ def _hosts() -> list[dict]:
         return []
 
 
-def _runs() -> list[dict]:
-    return _monitor().running_jobs()
+def _runs() -> dict:
+    """The run panels' context: every running job, and the hosts that are down (their jobs wait for them)."""
+    return {"runs": _monitor().running_jobs(),
+            "down_hosts": {host.name for host in _monitor().hosts if not host.listener.connected}}
 
 
 def _newest(runs: list[dict]) -> dict | None:
@@ -295,8 +300,8 @@ def index():
 @bp.get("/admin/queue")
 def queue_page():
     if _multi_host():
-        runs = _runs()
-        live = dict(runs=runs, current=_newest(runs), hosts=_hosts())
+        live = dict(_runs(), hosts=_hosts())
+        live["current"] = _newest(live["runs"])
     else:
         live = dict(current=_monitor().current_job(), telemetry=_telemetry())
     resp = current_app.make_response(render_template(
@@ -315,7 +320,7 @@ def queue_cards():
 @bp.get("/admin/queue/current")
 def queue_current():
     if _multi_host():
-        return _fragment("_current.html", runs=_runs())
+        return _fragment("_current.html", **_runs())
     return _fragment("_current.html", current=_monitor().current_job())
 
 
