@@ -69,6 +69,18 @@ def test_two_hosts_two_live_panels_badges_and_one_host_down(two_hosts, browser):
             if val == "n/a":
                 assert len(title.split(": ", 1)[1]) > 3, title
 
+        # Record every step text each panel shows, with how many fragment swaps came before it (any swap
+        # re-applies the last progress):
+        # a step that changes with no swap in between came from the socket's progress messages.
+        p.evaluate("""() => { window.__swaps = 0; window.__steps = []; const last = {};
+            document.body.addEventListener('htmx:afterSwap', () => { window.__swaps++; });
+            window.__sampler = setInterval(() => {
+                for (const el of document.querySelectorAll('#current .current[data-job-id]')) {
+                    const s = el.querySelector('[data-f="step"]'); const id = el.dataset.jobId;
+                    const text = s && !s.hidden ? s.textContent : null;
+                    if (text && last[id] !== text) { last[id] = text; window.__steps.push([id, text, window.__swaps]); }
+                }
+            }, 25); }""")
         on_a = server.submit(host="gpu1", workflow_name="Fox on gpu1")
         on_b = server.submit(host="gpu2", workflow_name="Lighthouse on gpu2")
         after_a = server.submit(host="gpu1", workflow_name="Queued on gpu1")
@@ -84,6 +96,21 @@ def test_two_hosts_two_live_panels_badges_and_one_host_down(two_hosts, browser):
         both = [p.evaluate(STEP_OF, on_a["id"]), p.evaluate(STEP_OF, on_b["id"])]
         p.wait_for_function(f"([ids, was]) => ids.every((id, i) => {{ const s = ({STEP_OF})(id); return s && s !== was[i]; }})",
                             arg=[[on_a["id"], on_b["id"]], both], timeout=15_000)
+
+        streamed_js = """ids => ids.every(id => { const mine = window.__steps.filter(e => e[0] === id);
+            return mine.slice(1).filter((e, i) => e[2] === mine[i][2]).length >= 2; })"""
+        try:
+            p.wait_for_function(streamed_js, arg=[on_a["id"], on_b["id"]], timeout=15_000)
+        except Exception:
+            pass   # the assertions below say what was seen
+        steps = p.evaluate("() => window.__steps")
+        for job in (on_a, on_b):
+            mine = [(text, swaps) for id_, text, swaps in steps if id_ == job["id"]]
+            streamed = sum(1 for (_, s1), (_, s2) in zip(mine, mine[1:]) if s1 == s2)
+            assert streamed >= 2, (job["host"], mine)
+        # ... at once: while one panel's step moved, the other's did too.
+        ids = [id_ for id_, _, _ in steps]
+        assert {on_a["id"], on_b["id"]} <= set(ids[ids.index(on_b["id"]):]), steps
 
         # Every card has its host's badge; running first, then queued.
         p.wait_for_selector(f"#job-{after_a['id']}", timeout=10_000)
