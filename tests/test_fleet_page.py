@@ -36,6 +36,7 @@ def test_fragments_show_each_host_and_a_down_one(fleet):
 
 def test_cards_interleave_hosts_by_queue_time_with_badges(fleet):
     store = fleet.monitor.store
+    wait_for(lambda: fleet.monitor.hosts[0].reconciled_at, what="gpu1's reconcile after connecting")
     # Each ComfyUI numbers its own queue: gpu2's low numbers must not jump ahead of gpu1's earlier jobs.
     for job_id, host, number, queued_at in [("a1", "gpu1", 50, "2026-01-01T10:00:00+00:00"),
                                             ("b1", "gpu2", 1, "2026-01-01T10:00:05+00:00"),
