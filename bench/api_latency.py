@@ -1,10 +1,10 @@
-"""API latency with 1,000 active jobs (issue #6 item 5): GET /api/admin/queue and the cards fragment.
+"""API latency with 1,000 active jobs (issue #6 item 5, #15): GET /api/admin/queue, the cards fragment, /metrics.
 
 A fake ComfyUI (SimComfy, paused: it queues prompts and runs none) in its own process; the monitor (the real
 app on gevent's WSGI server) in another; 1,000 prompts submitted through the monitor's POST /api/run, so the
 store holds 1,000 queued jobs and ComfyUI's /queue lists them all (the reconciler reads it every 3 s, as in
 production). Then this process times sequential requests on one keep-alive connection.
-Targets: /api/admin/queue p95 <= 20 ms; /admin/queue/cards p95 <= 50 ms.
+Targets: /api/admin/queue p95 <= 20 ms; /admin/queue/cards p95 <= 50 ms; /metrics p95 <= 20 ms.
 
     .venv/bin/python bench/api_latency.py [--jobs 1000] [--requests 200] [--quick]
 """
@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import Role, http_json, machine, ms, pct, sampler_prompt, monitor_role, wait_connected  # noqa: E402
 
-TARGETS = {"/api/admin/queue": 0.020, "/admin/queue/cards": 0.050}
+# /metrics: issue #15 asks only that a scrape "stays fast" with 1,000 active jobs; 20 ms is our bar.
+TARGETS = {"/api/admin/queue": 0.020, "/admin/queue/cards": 0.050, "/metrics": 0.020}
 
 
 def main() -> int:

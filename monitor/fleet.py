@@ -11,6 +11,7 @@ from . import capability
 from .config import Config
 from .hub import Hub
 from .jobs import EventBus, JobStore, StoreError, prune_step
+from .metrics import Metrics
 from .service import Host, SubmitError, _load_client_id, _lock_data_dir
 from .telemetry import RemoteTelemetry, Telemetry
 from .timeutil import epoch_from_iso, iso_from_epoch, utcnow_iso
@@ -58,11 +59,12 @@ class Fleet:
         # Every other host: what its ComfyUI's /system_stats says (this machine's sampler does not describe it).
         self.remote_telemetry = {host.name: RemoteTelemetry(host.comfy, interval=max(2.0, config.telemetry_interval))
                                  for host in self.hosts if host is not local}
+        self.metrics = Metrics(self)
         self._fleet_greenlets: list[gevent.Greenlet] = []
 
     def __getattr__(self, name):
         # One host: the fleet is that host (listener, tracker, comfy, client_id, reconcile...), as before.
-        if name.startswith("__") or name in ("hosts", "_fleet_greenlets", "remote_telemetry"):
+        if name.startswith("__") or name in ("hosts", "_fleet_greenlets", "remote_telemetry", "metrics"):
             raise AttributeError(name)
         return getattr(self.hosts[0], name)
 
@@ -74,12 +76,14 @@ class Fleet:
             sampler.start()
         for host in self.hosts:
             host.start()
+        self.metrics.start()
         self._fleet_greenlets.append(gevent.spawn(self._prune_loop))
 
     def stop(self) -> None:
         for g in self._fleet_greenlets:
             g.kill(block=False)
         self._fleet_greenlets.clear()
+        self.metrics.stop()
         for host in self.hosts:
             host.stop()
         for sampler in self.remote_telemetry.values():
@@ -113,11 +117,15 @@ class Fleet:
                 "since": iso_from_epoch(st["connected_since"]),
                 "queue": {"running": counts["running"], "pending": counts["queued"]},
                 "features": host.comfy.features.as_dict(),
-                "telemetry": (self.remote_telemetry[host.name].snapshot() if host.name in self.remote_telemetry
-                              else self.telemetry.snapshot()),
+                "telemetry": self.telemetry_of(host),
                 "error": error,
             })
         return out
+
+    def telemetry_of(self, host: Host) -> dict | None:
+        """The host's gauges: this machine's sampler for the local host, its /system_stats reading otherwise."""
+        remote = self.remote_telemetry.get(host.name)
+        return remote.snapshot() if remote is not None else self.telemetry.snapshot()
 
     # --- the page's fleet view (read cached state only) ---------------------------------------
     def host_views(self) -> list[dict]:

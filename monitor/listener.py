@@ -67,6 +67,8 @@ class Listener:
         self.started_at: float | None = None
         self.last_error: str | None = None
         self.frames = 0
+        self.frame_kinds: Counter[str] = Counter()   # by protocol.text_kind / binary_kind (a bounded set)
+        self.connections = 0                         # successful connections (reconnects = this - 1)
         self.bad_frames: Counter[str] = Counter()
         self.previews_dropped = 0          # over max_preview
         self.violations: Counter[str] = Counter()   # connections dropped: "too_big", "protocol"
@@ -207,6 +209,7 @@ class Listener:
         self._ws = ws
         self._frames = _FrameReader(ws, self)
         self.connected = True
+        self.connections += 1
         self.connected_since = time.time()
         self.last_error = None
         log.info("connected to ComfyUI at %s", self.url)
@@ -240,6 +243,7 @@ class Listener:
         except protocol.ProtocolError as exc:
             self._bad(exc.kind, data)
             return
+        self.frame_kinds[protocol.text_kind(msg_type)] += 1
         _safely(self.on_text, msg_type, payload)
 
     def _dispatch_binary(self, data: bytes) -> None:
@@ -248,6 +252,7 @@ class Listener:
         except protocol.ProtocolError as exc:
             self._bad(exc.kind, data)
             return
+        self.frame_kinds[protocol.binary_kind(frame.event)] += 1
         if frame.image is not None and frame.image.nbytes > self.max_preview:
             self.previews_dropped += 1
             if self.previews_dropped == 1:   # once: the counter says how many followed

@@ -206,3 +206,20 @@ def _json_object(view: memoryview) -> dict:
     if not isinstance(value, dict):
         raise ProtocolError("binary.bad_metadata", "not an object")
     return value
+
+
+# ComfyUI message types get their own label value; anything else a server sends counts as "other", so a
+# misbehaving server cannot grow the label set without bound.
+TEXT_KINDS = frozenset({
+    "status", "progress", "progress_state", "executing", "executed", "execution_start", "execution_cached",
+    "execution_success", "execution_error", "execution_interrupted", "crystools.monitor", "feature_flags", "logs",
+})
+_BINARY_KINDS = {1: "preview", 3: "text", 4: "preview_metadata"}
+
+
+def text_kind(msg_type: str) -> str:
+    return msg_type if msg_type in TEXT_KINDS else "other"
+
+
+def binary_kind(event: int) -> str:
+    return "binary." + _BINARY_KINDS.get(event, "other")

@@ -505,6 +505,9 @@ class Host:
                     # nodes (written moments after that message), so the record can still be made exact.
                     gevent.spawn(self._correct_from_history, pid)
             job = self.store.update(pid, **fields)
+            metrics = getattr(self.fleet, "metrics", None)
+            if metrics is not None:
+                metrics.job_finished(self.name, job)
             if status == "completed" and job.get("job_folder"):
                 markers.remove_marker(self.config.comfyui_output_dir, job["job_folder"])
             self._finished[pid] = time.time()

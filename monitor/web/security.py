@@ -225,7 +225,8 @@ def install(app) -> None:
             trust = environ.get(TRUST_KEY)   # web/server.py: this connection no longer counts as anonymous
             if trust is not None:
                 trust()
-        elif request.endpoint not in OPEN_ENDPOINTS:
+        elif request.endpoint not in OPEN_ENDPOINTS and not (
+                request.endpoint == "metrics.metrics" and config.metrics_public):
             return _unauthenticated(config)
         if request.method not in SAFE_METHODS and not origin_allowed(environ):
             return _cross_site()
