@@ -1,6 +1,6 @@
 """Entry point: patch gevent first, build the app, serve it on gevent's own WSGI server.
 
-    python app.py [--host H] [--port P] [--comfy-url URL] [--data-dir DIR] [--demo]
+    python app.py [--host H] [--port P] [--comfy-url URL] [--data-dir DIR] [--demo] [--demo-hosts N]
 """
 from gevent import monkey
 
@@ -31,31 +31,49 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", help="SQLite and state directory (MONITOR_DATA_DIR, default ./data)")
     p.add_argument("--demo", action="store_true",
                    help="start a simulated ComfyUI in this process and watch it (no GPU needed)")
+    p.add_argument("--demo-hosts", type=int, metavar="N",
+                   help="with --demo (implied): N simulated ComfyUIs, gpu1..gpuN, for the farm view "
+                        "(MONITOR_DEMO_HOSTS, default 1)")
     return p.parse_args(argv)
+
+
+def _demo_data_dir(hosts: int) -> str:
+    # A farm demo keeps its own records: its host names are not the single demo's.
+    return "./data/demo" if hosts == 1 else f"./data/demo-{hosts}"
 
 
 def main(argv=None) -> int:
     configure_logging()
     args = parse_args(argv)
-    overrides = dict(host=args.host, port=args.port, comfyui_url=args.comfy_url, data_dir=args.data_dir)
-    demo = None
-    if args.demo:
-        from monitor.demo import start_demo
-        demo = start_demo(traffic_every_s=None)
-        overrides["comfyui_url"] = demo.url
-        overrides["demo"] = True
-        if args.data_dir is None:
-            overrides["data_dir"] = "./data/demo"
-        log.info("demo mode: simulated ComfyUI at %s", overrides["comfyui_url"])
+    overrides = dict(host=args.host, port=args.port, comfyui_url=args.comfy_url, data_dir=args.data_dir,
+                     demo_hosts=args.demo_hosts)
+    demo = args.demo or args.demo_hosts is not None
+    if demo:
+        overrides["comfyui_url"] = "http://127.0.0.1:8188"   # COMFYUI_URL is not read: the simulators' replace it
+    sims = []
     try:
-        config = Config.from_env(**overrides)
+        config = Config.from_env(**overrides)   # a bad MONITOR_DEMO_HOSTS is refused before anything starts
+        if demo:
+            from monitor.demo import start_demo, start_demo_fleet
+            if config.demo_hosts == 1:
+                sims = [start_demo(traffic_every_s=None)]
+                url = sims[0].url
+            else:
+                named = start_demo_fleet(config.demo_hosts)
+                sims = [sim for _, sim in named]
+                url = ",".join(f"{name}={sim.url}" for name, sim in named)
+            config = config.with_overrides(comfyui_url=url, demo=True,
+                                           data_dir=args.data_dir or _demo_data_dir(config.demo_hosts))
+            log.info("demo mode: simulated ComfyUI at %s", url)
         app = create_app(config)
     except (SystemExit, StoreError) as exc:
+        for sim in sims:
+            sim.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if demo is not None:
+    if sims:
         from monitor.demo import drive_monitor
-        drive_monitor(app.extensions["monitor"], demo, every_s=4.0)
+        drive_monitor(app.extensions["monitor"], sims, every_s=4.0)
     old, new = raise_fd_limit()
     if new != old:
         log.info("open-file limit raised from %d to %d", old, new)
@@ -68,8 +86,8 @@ def main(argv=None) -> int:
         log.info("shutting down")
         server.stop(timeout=2)
         app.extensions["monitor"].close()
-        if demo is not None:
-            demo.stop()
+        for sim in sims:
+            sim.stop()
 
     gevent.signal_handler(signal.SIGTERM, shutdown)
     gevent.signal_handler(signal.SIGINT, shutdown)

@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_DEMO_HOSTS = 16
 _NAMED_ENTRY_RE = re.compile(r"([^=/:]*)=(.*)", re.S)   # NAME=URL; a URL's own "=" comes after "://"
 
 
@@ -146,6 +147,7 @@ class Config:
     token: str | None = None
     allow_open: bool = False
     demo: bool = False
+    demo_hosts: int = 1                    # --demo: how many simulated ComfyUIs (gpu1..gpuN with more than one)
     # Network hardening (web/server.py, web/security.py, web/auth.py).
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)   # extra Host values, "name" or "name:port"
     public_url: str | None = None          # how browsers reach us through a proxy: its host is allowed too
@@ -197,9 +199,12 @@ class Config:
             keep_jobs=max(1, _int("MONITOR_KEEP_JOBS", cls.keep_jobs)),
             keep_graphs_mb=_float("MONITOR_KEEP_GRAPHS_MB", cls.keep_graphs_mb, minimum=-1e-9),
             max_submissions=max(1, _int("MONITOR_MAX_SUBMISSIONS", cls.max_submissions)),
+            demo_hosts=_int("MONITOR_DEMO_HOSTS", cls.demo_hosts),
             metrics_public=_env("MONITOR_METRICS_PUBLIC", "0") in ("1", "true", "yes"),
         )
         cfg = cfg.with_overrides(**overrides)
+        if not 1 <= cfg.demo_hosts <= MAX_DEMO_HOSTS:
+            raise SystemExit(f"MONITOR_DEMO_HOSTS (--demo-hosts) must be 1 to {MAX_DEMO_HOSTS}, got {cfg.demo_hosts}")
         cfg.comfy_hosts  # noqa: B018 - a bad COMFYUI_URL list refuses to start here
         return cfg
 

@@ -1153,22 +1153,47 @@ def start_demo_traffic(url: str, every_s: float = 8.0, client_id: str | None = N
 
 
 def start_demo(host: str = "127.0.0.1", port: int = 0, traffic_every_s: float | None = 8.0,
-               failure_rate: float = DEMO_FAILURE_RATE) -> SimComfy:
+               failure_rate: float = DEMO_FAILURE_RATE, step_s: float = 0.3,
+               system_stats: dict | None = None) -> SimComfy:
     """`--demo`: a started SimComfy whose synthetic runs fail now and then, plus external traffic
     (None: no traffic). `sim.traffic` is the traffic greenlet (or None)."""
     # Steps slow enough for a person to watch (a real sampler runs a few it/s).
-    sim = SimComfy(SyntheticEngine(failure_rate=failure_rate, step_s=0.3), host=host, port=port)
+    sim = SimComfy(SyntheticEngine(failure_rate=failure_rate, step_s=step_s), host=host, port=port,
+                   system_stats=system_stats)
     sim.start()
     sim.traffic = start_demo_traffic(sim.url, every_s=traffic_every_s) if traffic_every_s else None
     return sim
 
 
-def drive_monitor(monitor, sim: SimComfy, every_s: float = 6.0, external_every: int = 4,
+def demo_system_stats(index: int) -> dict:
+    """What a simulated farm machine's /system_stats says: one CUDA GPU, its VRAM partly in use."""
+    gib = 1024 ** 3
+    vram = (24, 16, 48, 12)[index % 4] * gib
+    return {"system": {"os": "posix", "ram_total": 64 * gib, "ram_free": (40 - 7 * (index % 3)) * gib,
+                       "comfyui_version": "0.3.64", "python_version": "3.11.7 (simulated)",
+                       "argv": ["main.py", "(SimComfy)"]},
+            "devices": [{"name": f"cuda:0 NVIDIA GeForce RTX {('4090', '4080', 'A6000', '3060')[index % 4]} "
+                                 "(simulated) : cudaMallocAsync", "type": "cuda", "index": 0,
+                         "vram_total": vram, "vram_free": int(vram * (0.35 + 0.15 * (index % 3))),
+                         "torch_vram_total": vram, "torch_vram_free": vram // 2}]}
+
+
+def start_demo_fleet(count: int, host: str = "127.0.0.1") -> list[tuple[str, SimComfy]]:
+    """`--demo --demo-hosts N`: N started SimComfys named gpu1..gpuN, each sampling a little slower than the
+    one before (so several jobs run at different speeds at once); the others report a simulated GPU."""
+    return [(f"gpu{i + 1}", start_demo(host, traffic_every_s=None, step_s=round(0.25 + 0.07 * i, 2),
+                                       system_stats=demo_system_stats(i) if i else None))
+            for i in range(count)]
+
+
+def drive_monitor(monitor, sim, every_s: float = 6.0, external_every: int = 4,
                   max_active: int = 3, seed: int | None = None) -> gevent.Greenlet:
-    """`--demo`'s traffic: submit a text-to-image job through the monitor itself (full live detail), and
-    every `external_every`-th one straight to the simulator under another client id, as ComfyUI's own
-    UI would (it shows up as an external job)."""
+    """`--demo`'s traffic: submit a text-to-image job through the monitor itself (full live detail; with
+    several simulators the monitor routes it), and every `external_every`-th one straight to a simulator
+    under another client id, as ComfyUI's own UI would (it shows up as an external job). `sim`: one
+    SimComfy, or a list of them (then `max_active` and the pace are per simulator)."""
     import requests
+    sims = list(sim) if isinstance(sim, (list, tuple)) else [sim]
     rnd = random.Random(seed)
     foreign = f"comfyui-tab-{uuid.uuid4().hex[:6]}"
 
@@ -1183,14 +1208,15 @@ def drive_monitor(monitor, sim: SimComfy, every_s: float = 6.0, external_every: 
         count = 0
         while True:
             try:
-                if monitor.listener.connected and len(monitor.active_jobs()) < max_active:
+                connected = any(host.listener.connected for host in monitor.hosts)
+                if connected and len(monitor.active_jobs()) < max_active * len(sims):
                     count += 1
                     if count % external_every == 0:
-                        requests.post(f"{sim.url}/prompt", json={"prompt": one_prompt(), "client_id": foreign},
-                                      timeout=5)
+                        requests.post(f"{rnd.choice(sims).url}/prompt",
+                                      json={"prompt": one_prompt(), "client_id": foreign}, timeout=5)
                     else:
                         monitor.submit(one_prompt(), workflow_name="Demo text-to-image")
             except Exception as exc:  # the simulator may be restarting; keep going
                 log.debug("demo driver: %s", exc)
-            gevent.sleep(every_s * rnd.uniform(0.6, 1.4))
+            gevent.sleep(every_s / len(sims) * rnd.uniform(0.6, 1.4))
     return gevent.spawn(loop)

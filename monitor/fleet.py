@@ -16,7 +16,7 @@ from .jobs import FINISHED, EventBus, JobStore, StoreError, prune_step
 from .metrics import Metrics
 from .service import Host, SubmitError, _load_client_id, _lock_data_dir
 from .telemetry import RemoteTelemetry, Telemetry
-from .timeutil import iso_from_epoch, utcnow_iso
+from .timeutil import epoch_from_iso, iso_from_epoch, utcnow_iso
 from .workflows import load_workflows
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,42 @@ class Fleet:
         """The host's gauges: this machine's sampler for the local host, its /system_stats reading otherwise."""
         remote = self.remote_telemetry.get(host.name)
         return remote.snapshot() if remote is not None else self.telemetry.snapshot()
+
+    # --- the page's fleet view (read cached state only) ---------------------------------------
+    def host_views(self) -> list[dict]:
+        """The page's row per host: hosts_state() plus "down_since" for a disconnected host (when its
+        connection was lost, or when the monitor began trying if it never had one), else None."""
+        out = []
+        for host, state in zip(self.hosts, self.hosts_state()):
+            st = host.listener.status()
+            down = None if state["connected"] else iso_from_epoch(st.get("disconnected_at") or st.get("started_at"))
+            out.append(dict(state, down_since=down))
+        return out
+
+    def running_jobs(self) -> list[dict]:
+        """Every running job, decorated as current_job() is, in configured host order: the page's Current
+        Job panels, which keep their places while jobs on other hosts start and end."""
+        order = {host.name: index for index, host in enumerate(self.hosts)}
+        running = [job for job in self.store.active(graph=False) if job["status"] == "running"]
+        running.sort(key=lambda job: (order.get(job.get("host"), len(order)), job.get("started_at") or ""))
+        return [self._decorate(self.host_of(job), job, brief=True) for job in running]
+
+    def card_versions(self, limit: int | None = None) -> list[tuple[str, tuple, object]]:
+        """The page's cards, as active_versions() gives them. One host: its run order. Several (each ComfyUI
+        numbers its own queue): running jobs first in host order, then every host's queued jobs by the time
+        they were queued (ties keep run order); queue positions stay per host."""
+        versions = self.active_versions()
+        if len(self.hosts) > 1:
+            jobs = {job["id"]: job for job in self.store.active(graph=False)}
+            order = {host.name: index for index, host in enumerate(self.hosts)}
+
+            def key(item):
+                job = jobs.get(item[0]) or {}
+                if job.get("status") == "running":
+                    return (0, order.get(job.get("host"), len(order)))
+                return (1, epoch_from_iso(job.get("queued_at")) or 0.0)
+            versions.sort(key=key)
+        return versions if limit is None else versions[:limit]
 
     # --- views (read cached state only) --------------------------------------------------------
     def active_jobs(self) -> list[dict]:

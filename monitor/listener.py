@@ -62,6 +62,7 @@ class Listener:
         self.handshake_timeout = handshake_timeout
         self.connected = False
         self.connected_since: float | None = None
+        self.disconnected_at: float | None = None   # when the last connection was lost (None: never had one)
         self.last_message_at: float | None = None
         self.started_at: float | None = None
         self.last_error: str | None = None
@@ -102,6 +103,7 @@ class Listener:
         return {
             "connected": self.connected,
             "connected_since": self.connected_since,
+            "disconnected_at": self.disconnected_at,
             "last_message_at": self.last_message_at,
             "started_at": self.started_at,
             "last_error": self.last_error,
@@ -149,6 +151,7 @@ class Listener:
                     if self.connected:
                         self.connected = False
                         self.connected_since = None
+                        self.disconnected_at = time.time()
                         _safely(self.on_disconnect, self.last_error or "closed")
             if self._stopping:
                 break

@@ -37,12 +37,15 @@
     return until == null ? null : Math.max(0, (until - Date.now()) / 1000);
   }
 
+  // Every running job's panel: the single host's #current, or a fleet's #run-<id> panels.
   function renderCurrent() {
-    var el = document.querySelector('#current [data-f="job-eta"]');
-    if (!el) return;
-    var s = left(el, "data-eta-s");
-    var text = s == null ? "—" : s < 1 ? "almost done" : "about " + fmt(s) + " left";
-    if (el.textContent !== text) el.textContent = text;
+    var els = document.querySelectorAll('#current [data-f="job-eta"]');
+    for (var i = 0; i < els.length; i++) {
+      var el = els[i];
+      var s = left(el, "data-eta-s");
+      var text = s == null ? "—" : s < 1 ? "almost done" : "about " + fmt(s) + " left";
+      if (el.textContent !== text) el.textContent = text;
+    }
   }
 
   function renderCards() {
@@ -76,7 +79,7 @@
     var est = p.estimate;
     if (!p.prompt_id || !est) return;
     if (p.status === "running") {
-      var cur = document.getElementById("current");
+      var cur = document.getElementById("run-" + p.prompt_id) || document.getElementById("current");
       var el = cur && cur.dataset.jobId === p.prompt_id ? cur.querySelector('[data-f="job-eta"]') : null;
       if (el) {
         setAttr(el, "data-eta-s", est.eta_s);

@@ -41,6 +41,13 @@
   var overlayId = null;
   var lastFocus = null;
   var lingering = {};           // job id → timeout id
+  // Several hosts (data-multi-host): one panel per running job, keyed by prompt id (unique across hosts);
+  // progress messages of all hosts arrive interleaved on this one socket.
+  var multi = main.dataset.multiHost === "true";
+  var runs = {};                // prompt id → latest ProgressState of each running job
+  var picked = null;            // the panel the viewer last clicked or focused (its prompt id)
+  var shown = null;             // the job the Preview and strip follow now
+  var hostsDown = [];           // names of configured hosts that are not connected
 
   // ---------------------------------------------------------------------------------------------- formatting
   function fmtDuration(s) {
@@ -112,9 +119,10 @@
       if (oldNode.nodeType !== 1 || !newNode || newNode.nodeType !== 1) return;
       if (oldNode.classList.contains("is-lingering")) return false;
       // While the socket streams a job's progress, its live fields are fresher than any fragment.
-      if (wsOpen && latest && oldNode.hasAttribute("data-f")) {
-        var panel = oldNode.closest("#current");
-        if (panel && panel.dataset.jobId === latest.prompt_id) return false;
+      if (wsOpen && oldNode.hasAttribute("data-f")) {
+        var panel = oldNode.closest(".current[data-job-id]");
+        var id = panel && panel.dataset.jobId;
+        if (id && (multi ? runs[id] : latest && id === latest.prompt_id)) return false;
       }
       if (oldNode.tagName === "TIME" && oldNode.hasAttribute("data-local") &&
           oldNode.getAttribute("datetime") === newNode.getAttribute("datetime")) return false;
@@ -165,7 +173,10 @@
   document.body.addEventListener("htmx:afterSwap", function () {
     localizeTimes(document);
     var panel = $("current");
-    if (panel) {
+    if (multi) {
+      eachPanel(function (el) { var st = runs[el.dataset.jobId]; if (st) updatePanel(el, st); });
+      follow();
+    } else if (panel) {
       currentId = panel.dataset.jobId || null;
       if (latest && latest.prompt_id === currentId) updateCurrent(latest);
     }
@@ -173,19 +184,29 @@
   });
 
   // ---------------------------------------------------------------------------------------------- LIVE indicator
-  var LIVE_TEXT = { connecting: "CONNECTING", live: "LIVE", reconnecting: "RECONNECTING", offline: "OFFLINE" };
+  var LIVE_TEXT = { connecting: "CONNECTING", live: "LIVE", reconnecting: "RECONNECTING", offline: "OFFLINE",
+    degraded: "LIVE" };
+  /* Several hosts: "degraded" (amber) while some are down, named in the text: "LIVE · gpu2 down". */
+  function downText() {
+    if (hostsDown.length > 2) return hostsDown.length + " hosts down";
+    return hostsDown.join(", ") + " down";
+  }
   function setLive() {
     var state = wsOpen ? (comfyConnected ? "live" : "offline") : (everOpened ? "reconnecting" : "connecting");
+    if (state === "live" && multi && hostsDown.length) state = "degraded";
     var el = $("live");
-    if (!el || el.dataset.state === state) return;
+    if (!el) return;
+    var text = LIVE_TEXT[state] + (state === "degraded" ? " · " + downText() : "");
+    if (el.dataset.state === state && $("live-text").textContent === text) return;
     el.dataset.state = state;
     el.className = "live is-" + state;
-    $("live-text").textContent = LIVE_TEXT[state];
+    $("live-text").textContent = text;
     var why = {
       connecting: "Connecting to the live feed…",
       live: "Live: updates stream in. Click to refresh now.",
       reconnecting: "Connection lost; reconnecting. Click to retry now.",
-      offline: "ComfyUI is unreachable. Click to refresh now.",
+      offline: (multi ? "No ComfyUI host is reachable." : "ComfyUI is unreachable.") + " Click to refresh now.",
+      degraded: "Live, but not every host: " + hostsDown.join(", ") + " not connected. Click to refresh now.",
     };
     el.title = why[state];
   }
@@ -273,9 +294,21 @@
       case "event": return onEvent(msg);
       case "preview": pendingPreview = msg; return;
       case "comfy":
+        if (multi) setHosts(msg);
         setComfy(msg.connected !== false);
         return;
     }
+  }
+
+  /* Several hosts: the comfy state lists each host ({name, connected, ...}). */
+  function setHosts(comfy) {
+    if (!comfy || !Array.isArray(comfy.hosts)) return;
+    var down = comfy.hosts.filter(function (h) { return h && h.connected === false; })
+      .map(function (h) { return String(h.name); });
+    var changed = down.join("\n") !== hostsDown.join("\n");
+    hostsDown = down;
+    setLive();
+    if (changed) { refreshSoon("gauges"); refreshJobs(); }
   }
 
   function setComfy(connected) {
@@ -287,9 +320,11 @@
 
   function onHello(msg) {
     attempt = 0;  // a full handshake: the next drop starts the backoff from the bottom again
+    if (multi && msg.comfy && typeof msg.comfy === "object") setHosts(msg.comfy);
     if (msg.comfy && typeof msg.comfy === "object") setComfy(msg.comfy.connected !== false);
     if (typeof msg.last_seq === "number" && (lastSeq == null || msg.last_seq > lastSeq)) lastSeq = msg.last_seq;
     var jobs = Array.isArray(msg.jobs) ? msg.jobs : [];
+    if (multi) return helloMulti(jobs);
     var running = null;
     for (var i = 0; i < jobs.length; i++) {
       if (jobs[i] && jobs[i].status === "running") { running = jobs[i]; break; }
@@ -300,6 +335,7 @@
   }
 
   function onProgress(p) {
+    if (multi) return progressMulti(p);
     var id = p.prompt_id || null;
     if (!id || p.status === "idle") {
       latest = null;
@@ -340,6 +376,109 @@
     if (!document.getElementById("job-" + id)) refreshSoon("cards", 300);
   }
 
+  // ---------------------------------------------------------------------------------------------- several hosts
+  function eachPanel(fn) {
+    var els = document.querySelectorAll("#current .current[data-job-id]");
+    for (var i = 0; i < els.length; i++) fn(els[i]);
+  }
+  function panelFor(id) {
+    var found = null;
+    eachPanel(function (el) { if (el.dataset.jobId === id) found = el; });
+    return found;
+  }
+
+  function helloMulti(jobs) {
+    var fresh = {};
+    jobs.forEach(function (j) { if (j && j.prompt_id && j.status === "running") fresh[j.prompt_id] = j; });
+    runs = fresh;
+    var stale = false;
+    eachPanel(function (el) { if (!runs[el.dataset.jobId]) stale = true; });
+    Object.keys(runs).forEach(function (id) { if (!panelFor(id)) stale = true; });
+    if (stale) refreshJobs();
+    eachPanel(function (el) { var st = runs[el.dataset.jobId]; if (st) updatePanel(el, st); });
+    follow();
+  }
+
+  function progressMulti(p) {
+    var id = p.prompt_id || null;
+    if (!id || p.status === "idle") {
+      var had = Object.keys(runs).length > 0 || !!document.querySelector("#current .current[data-job-id]");
+      runs = {};
+      follow();
+      if (had) refreshJobs();
+      return;
+    }
+    var panel = panelFor(id);
+    if (p.status === "running") {
+      var isNew = !runs[id];
+      runs[id] = p;
+      if (panel) updatePanel(panel, p); else refreshJobs();   // a job started: its panel comes from the server
+      if (isNew) follow();
+      if (id === shown) { setTitle(p); renderStrip(p.outputs); }
+      if (overlayId === id) refreshOverlayThrottled();
+      if (!document.getElementById("job-" + id)) refreshSoon("cards", 300);
+      return;
+    }
+    if (TERMINAL[p.status]) {
+      if (runs[id] || panel) {
+        if (panel && p.status === "completed") {
+          updatePanel(panel, Object.assign({}, runs[id] || {}, p, { percent: 100, indeterminate: false, eta_s: null }));
+        }
+        delete runs[id];
+        follow();
+        refreshJobs();
+      }
+      if (overlayId === id) refreshOverlay();
+      return;
+    }
+    if (!document.getElementById("job-" + id)) refreshSoon("cards", 300);
+  }
+
+  /* The Preview follows the panel the viewer last touched while that job runs, else the job that started
+   * last. Marks that panel, names it above the Preview, and swaps the preview and strip when it changes. */
+  function follow() {
+    var want = picked && runs[picked] ? picked : null;
+    if (!want) {
+      var best = null;
+      Object.keys(runs).forEach(function (id) {
+        var t = Date.parse(runs[id].started_at || "") || 0;
+        if (best === null || t >= best.t) best = { id: id, t: t };
+      });
+      want = best ? best.id : null;
+    }
+    var changed = want !== shown;
+    shown = want;
+    var label = "";
+    eachPanel(function (el) {
+      var on = el.dataset.jobId === want;
+      el.classList.toggle("is-shown", on);
+      if (on) {
+        el.setAttribute("aria-current", "true");
+        var wf = el.querySelector(".wf-name");
+        label = (el.dataset.host || "") + " · " + (wf ? wf.textContent : "");
+      } else {
+        el.removeAttribute("aria-current");
+      }
+    });
+    var pf = $("preview-for");
+    if (pf && pf.textContent !== label) pf.textContent = label;
+    if (!changed) return;
+    if (previewFor !== want) clearPreview();
+    var st = want ? runs[want] : null;
+    renderStrip(st && Array.isArray(st.outputs) ? st.outputs : []);
+    setTitle(st);
+  }
+
+  function pick(e) {
+    if (!multi || !(e.target instanceof Element)) return;
+    var panel = e.target.closest("#current .current[data-job-id]");
+    if (!panel || picked === panel.dataset.jobId) return;
+    picked = panel.dataset.jobId;
+    follow();
+  }
+  document.addEventListener("click", pick, true);
+  document.addEventListener("focusin", pick);
+
   function setTitle(p) {
     var t = TITLE;
     if (p && p.status === "running" && p.percent != null && !p.indeterminate && isFinite(p.percent)) {
@@ -359,6 +498,11 @@
   function updateCurrent(p) {
     var panel = $("current");
     if (!panel || panel.dataset.jobId !== p.prompt_id) return;
+    updatePanel(panel, p);
+  }
+
+  /* One job's panel (the single Current Job panel, or one of several hosts' run panels). */
+  function updatePanel(panel, p) {
     var node = field(panel, "node");
     if (node) {
       var name = p.node_title || p.node_type ||
@@ -402,6 +546,7 @@
   function onEvent(ev) {
     if (typeof ev.seq === "number" && (lastSeq == null || ev.seq > lastSeq)) lastSeq = ev.seq;
     var kind = String(ev.kind || "");
+    if (multi && kind.indexOf("comfy.") === 0) return refreshSoon("gauges");  // the "comfy" message says the rest
     if (kind === "comfy.connected") return setComfy(true);
     if (kind === "comfy.disconnected") return setComfy(false);
     if (kind.indexOf("job.") !== 0) return;
@@ -410,9 +555,10 @@
     if (TERMINAL[status]) {
       if (id) lingerCard(id, status);
       if (status === "completed" || status === "failed") notify(ev, status);
+      if (multi && id && runs[id]) { delete runs[id]; follow(); }
       if (id && id === currentId) { currentId = null; latest = null; setTitle(null); }
     }
-    if (status === "started" && id && previewFor && previewFor !== id) clearPreview();
+    if (!multi && status === "started" && id && previewFor && previewFor !== id) clearPreview();
     refreshJobsAndSettle();
     if (id && overlayId === id) refreshOverlay();
   }
@@ -489,7 +635,9 @@
     var mime = sniffMime(new Uint8Array(buf, 0, Math.min(4, buf.byteLength)));
     if (!mime) return;
     var pid = meta && meta.prompt_id;
-    if (pid && currentId && pid !== currentId) return;  // a late frame of a job that already ended
+    if (multi) {
+      if (!pid || pid !== shown) return;   // another host's job, or one nobody can attribute
+    } else if (pid && currentId && pid !== currentId) return;  // a late frame of a job that already ended
     showPreview(new Blob([buf], { type: mime }), pid || currentId);
   }
 
@@ -539,11 +687,17 @@
   }
 
   // ---------------------------------------------------------------------------------------------- node output strip
-  function viewUrl(img, thumb) {
+  function viewUrl(img, thumb, host) {
     var q = new URLSearchParams({ filename: String(img.filename || ""), subfolder: String(img.subfolder || ""),
       type: String(img.type || "output") });
     if (thumb) q.set("preview", "webp;75");  // ComfyUI's lighter re-encoding, as the server renders it
+    if (host) q.set("host", host);           // several hosts: the files are on the job's own
     return "/api/view?" + q.toString();
+  }
+  function stripHost() {
+    if (!multi || !shown) return null;
+    var panel = panelFor(shown);
+    return panel ? panel.dataset.host || null : null;
   }
 
   /* Rebuild the strip only when its image list changed; existing items (and their loaded images) are reused. */
@@ -551,11 +705,13 @@
     var ul = $("node-strip");
     if (!ul || !Array.isArray(outputs)) return;
     var items = [];
+    var host = stripHost();
     outputs.forEach(function (out) {
       if (!out || !Array.isArray(out.images)) return;
       out.images.forEach(function (img) {
         if (!img || !img.filename) return;
-        var key = String(img.type || "output") + "/" + String(img.subfolder || "") + "/" + String(img.filename);
+        var key = (host ? host + "|" : "") +
+          String(img.type || "output") + "/" + String(img.subfolder || "") + "/" + String(img.filename);
         items.push({ key: key, img: img, label: String(out.title || ("Node " + out.node_id)) });
       });
     });
@@ -574,11 +730,11 @@
       li.className = "strip-item";
       li.dataset.key = it.key;
       var a = document.createElement("a");
-      a.href = viewUrl(it.img);
+      a.href = viewUrl(it.img, false, host);
       a.target = "_blank";
       a.rel = "noopener";
       var im = document.createElement("img");
-      im.src = viewUrl(it.img, true);
+      im.src = viewUrl(it.img, true, host);
       im.alt = it.label + " output";
       im.loading = "lazy";
       im.decoding = "async";

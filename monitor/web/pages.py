@@ -127,9 +127,10 @@ THUMB_PREVIEW = "webp;75"
 
 
 @bp.app_template_global("view_url")
-def view_url(image, thumb: bool = False) -> str | None:
+def view_url(image, thumb: bool = False, host: str | None = None) -> str | None:
     """The /api/view proxy URL of an image ref ({filename, subfolder, type}) or of a bare input filename;
-    `thumb` asks ComfyUI for its lighter preview encoding."""
+    `thumb` asks ComfyUI for its lighter preview encoding; `host` names the host that has the file (a page
+    watching several hosts; one host needs none)."""
     if not image:
         return None
     if isinstance(image, str):
@@ -143,21 +144,23 @@ def view_url(image, thumb: bool = False) -> str | None:
     }
     if thumb:
         params["preview"] = THUMB_PREVIEW
+    if host:
+        params["host"] = str(host)
     return f"/api/view?{urlencode(params)}"
 
 
 @bp.app_template_global("job_thumb")
-def job_thumb(job: dict) -> str | None:
+def job_thumb(job: dict, host: str | None = None) -> str | None:
     """Output image if there is one (latest node first), else the input image, else None (placeholder)."""
     # A running job's live outputs are the newest (the record gets them in batches): never back to an older one.
     progress = job.get("progress") or {}
     outputs = list((progress.get("outputs") if isinstance(progress, dict) else None) or job.get("outputs") or [])
     for out in reversed(outputs):
         for img in reversed((out or {}).get("images") or []):
-            url = view_url(img, thumb=True)
+            url = view_url(img, thumb=True, host=host)
             if url:
                 return url
-    return view_url(job.get("input_image"), thumb=True)
+    return view_url(job.get("input_image"), thumb=True, host=host)
 
 
 @bp.app_template_global("job_reason")
@@ -274,9 +277,36 @@ def _cards() -> list[Markup]:
     cache = current_app.extensions.setdefault("card_fragments", FragmentCache())
     env = current_app.jinja_env
     card = env.get_template("_card.html")
+    multi = _multi_host()
     # Markup: each piece is the output of our own autoescaped template, not user data.
-    return [Markup(html) for html in cache.render_all(_monitor().active_versions(0, CARDS_MAX),
-                                                       lambda job: card.render(job=job))]
+    return [Markup(html) for html in cache.render_all(_monitor().card_versions(CARDS_MAX),
+                                                       lambda job: card.render(job=job, multi_host=multi))]
+
+
+def _multi_host() -> bool:
+    """Several ComfyUI hosts: the page shows a row per host, a panel per running job and host badges."""
+    return len(_monitor().hosts) > 1
+
+
+def _hosts() -> list[dict]:
+    try:
+        return _monitor().host_views()
+    except Exception:  # the host rows then say nothing rather than take the page down
+        current_app.logger.exception("host_views failed")
+        return []
+
+
+def _runs() -> dict:
+    """The run panels' context: every running job, and the hosts that are down (their jobs wait for them)."""
+    return {"runs": _monitor().running_jobs(),
+            "down_hosts": {host.name for host in _monitor().hosts if not host.listener.connected}}
+
+
+def _newest(runs: list[dict]) -> dict | None:
+    """The running job that started last: where the Preview points until the viewer picks a panel."""
+    def started(job):
+        return (job.get("progress") or {}).get("started_at") or job.get("started_at") or ""
+    return max(runs, key=started) if runs else None
 
 
 def _telemetry() -> dict | None:
@@ -306,7 +336,8 @@ def _relay_off() -> set[str] | None:
 
 def _context(**extra) -> dict:
     ctx = {"linger_s": LINGER_S, "poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S,
-           "signout": token_only(current_app.config["MONITOR"]), "relay_off": _relay_off()}
+           "signout": token_only(current_app.config["MONITOR"]), "relay_off": _relay_off(),
+           "multi_host": _multi_host()}
     ctx.update(extra)
     return ctx
 
@@ -326,11 +357,15 @@ def index():
 
 @bp.get("/admin/queue")
 def queue_page():
+    if _multi_host():
+        live = dict(_runs(), hosts=_hosts())
+        live["current"] = _newest(live["runs"])
+    else:
+        live = dict(current=_monitor().current_job(), telemetry=_telemetry())
     resp = current_app.make_response(render_template(
         "queue.html",
-        **_context(cards=_cards(), total=_monitor().active_counts()["total"], current=_monitor().current_job(),
-                   telemetry=_telemetry(),
-                   comfy=_comfy_state(), **_recent_context()),
+        **_context(cards=_cards(), total=_monitor().active_counts()["total"], comfy=_comfy_state(),
+                   **_recent_context(), **live),
     ))
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -343,11 +378,15 @@ def queue_cards():
 
 @bp.get("/admin/queue/current")
 def queue_current():
+    if _multi_host():
+        return _fragment("_current.html", **_runs())
     return _fragment("_current.html", current=_monitor().current_job())
 
 
 @bp.get("/admin/queue/gauges")
 def queue_gauges():
+    if _multi_host():
+        return _fragment("_gauges.html", hosts=_hosts())
     return _fragment("_gauges.html", telemetry=_telemetry())
 
 
