@@ -57,6 +57,7 @@ class FakeApp:
         add("/api/admin/history", view_func=self.history)
         add("/api/admin/jobs/<job_id>", view_func=self.get_job)
         add("/api/admin/jobs/<job_id>/cancel", view_func=self.cancel, methods=["POST"])
+        add("/api/admin/jobs/<job_id>/requeue", view_func=self.requeue, methods=["POST"])
         add("/api/admin/hosts", view_func=self.hosts)
 
     def _record(self):
@@ -109,6 +110,14 @@ class FakeApp:
 
     def get_job(self, job_id):
         return jsonify(self.polls.pop(0) if len(self.polls) > 1 else self.polls[0])
+
+    def requeue(self, job_id):
+        if job_id == JOB_ID:
+            return jsonify(error=f"job {job_id} is still running; requeue it once it has finished"), 409
+        if job_id != DONE_ID:
+            return jsonify(error=f"no job {job_id}"), 404
+        return jsonify(job(id="a1b2c3d4-0000-4000-8000-00000000beef", requeued_from=job_id,
+                           host=(request.get_json(silent=True) or {}).get("host") or "gpu1")), 201
 
     def cancel(self, job_id):
         if job_id != JOB_ID:
@@ -249,6 +258,20 @@ def test_cancel(app):
     assert f"cancel requested for {JOB_ID}: status cancelled" in out.stdout
     out = cli("cancel", "missing", url=app.url)
     assert out.returncode == 1 and out.stderr.strip() == "error: no job missing"
+
+
+def test_requeue(app):
+    out = cli("requeue", DONE_ID, url=app.url)
+    assert out.returncode == 0, out.stderr
+    assert (app.requests[0]["method"], app.requests[0]["path"]) == ("POST", f"/api/admin/jobs/{DONE_ID}/requeue")
+    assert app.requests[0]["json"] == {}
+    assert out.stdout.strip() == f"queued a1b2c3d4-0000-4000-8000-00000000beef from {DONE_ID}: status queued"
+    app.requests.clear()
+    out = cli("requeue", DONE_ID, "--new-seed", "--host", "gpu2", url=app.url)
+    assert out.returncode == 0, out.stderr
+    assert app.requests[0]["json"] == {"new_seed": True, "host": "gpu2"}
+    out = cli("requeue", JOB_ID, url=app.url)
+    assert out.returncode == 1 and "still running" in out.stderr
 
 
 def test_workflows_listing(app):
