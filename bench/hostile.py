@@ -70,7 +70,7 @@ def connected(url: str) -> bool:
     import urllib.error
     try:
         return bool(http_json("GET", url + "/healthz")["comfy"]["connected"])
-    except urllib.error.HTTPError as exc:   # 503 while not connected
+    except urllib.error.HTTPError:   # 503 while not connected
         return False
 
 

@@ -144,6 +144,12 @@ class Host:
         running = sum(1 for j in jobs if j["status"] == "running")
         return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
 
+    def estimated_wait_s(self) -> float | None:
+        """Seconds until this host could start a new job (the running job's remainder plus its queued jobs),
+        or None while that cannot be estimated; routing then compares job counts. Nothing learns durations
+        yet, so: None."""
+        return None
+
     def get_job(self, job_id: str, graph: bool = True) -> dict | None:
         job = self.store.get(job_id, graph=graph)
         if not job:

@@ -194,12 +194,15 @@ def healthz():
         db_ok = True
     except Exception:
         db_ok = False
-    ok = db_ok and comfy["connected"]
+    ok = db_ok and comfy["connected"]   # several hosts: connected while any one is
     body = {"ok": ok}
     if authenticated():   # a supervisor without credentials learns only ok / not ok
         body.update({"db": "ok" if db_ok else "error",
                      "comfy": {k: comfy[k] for k in ("connected", "since", "last_message_at", "listener_age_s",
                                                      "reconciled_at")}})
+        if len(m.hosts) > 1:
+            body["hosts"] = [{"name": h["name"], "connected": h["connected"], "error": h["error"]}
+                             for h in m.hosts_state()]
     return jsonify(body), 200 if ok else 503
 
 
