@@ -134,7 +134,7 @@ class Fleet:
         positions: dict[str | None, int] = {}
         end = None if limit is None else offset + limit
         out = []
-        for index, job in enumerate(self.store.active(graph=False)):
+        for index, job in enumerate(self.store.active(graph=False, shared=True)):   # build() copies
             position = None
             if job["status"] == "queued":
                 position = positions[job.get("host")] = positions.get(job.get("host"), 0) + 1
@@ -150,7 +150,7 @@ class Fleet:
         return out
 
     def active_counts(self) -> dict:
-        jobs = self.store.active(graph=False)
+        jobs = self.store.active(graph=False, shared=True)
         running = sum(1 for j in jobs if j["status"] == "running")
         return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
 
