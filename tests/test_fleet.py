@@ -215,8 +215,11 @@ def test_hosts_endpoint(fakes, tmp_path, monkeypatch):
     server = LiveServer(a, str(tmp_path / "data"), comfyui_url=url, comfy_timeout=1.0)
     try:
         wait_for(lambda: server.monitor.by_name["b"].listener.connected, what="b to connect")
-        hosts = wait_for(lambda: (lambda h: h if h["b"]["telemetry"] and h["far"]["telemetry"] else None)(
-            {h["name"]: h for h in server.get("/api/admin/hosts").json()["hosts"]}), what="remote samples")
+        def sampled():   # every host's first sample (this machine's too: a loaded machine takes its time)
+            h = {h["name"]: h for h in server.get("/api/admin/hosts").json()["hosts"]}
+            return h if h["b"]["telemetry"] and h["far"]["telemetry"] and \
+                ((h["a"]["telemetry"] or {}).get("cpu") or {}).get("count") else None
+        hosts = wait_for(sampled, what="every host's first sample")
         answer = server.get("/api/admin/hosts").json()
         assert [h["name"] for h in answer["hosts"]] == ["a", "b", "far"]
         assert hosts["b"]["url"] == f"http://127.0.0.1:{b.port}", "credentials removed"
