@@ -123,6 +123,8 @@ class Role:
                                      stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                      text=True, env={**os.environ, **(env or {})})
         self.port = None
+        self.said: dict[str, str] = {}   # `key value` lines read while waiting for another key
+        self._out = b""
         if wait_port:
             self.port = int(self.expect("port"))
 
@@ -131,20 +133,25 @@ class Role:
         return self.proc.pid
 
     def expect(self, key: str, timeout: float = 120.0) -> str:
-        """The value of the next stdout line `key value` (other lines are skipped)."""
+        """The value of the next stdout line `key value`; lines with other keys are kept for a later expect.
+        Reads the pipe's bytes itself: a buffered readline could hold a second line that select never sees."""
         import select
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.time()))
+        fd = self.proc.stdout.fileno()
+        while key not in self.said:
+            if b"\n" in self._out:
+                line, self._out = self._out.split(b"\n", 1)
+                parts = line.decode().strip().split(" ", 1)
+                self.said[parts[0]] = parts[1] if len(parts) > 1 else ""
+                continue
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
             if not ready:
-                break
-            line = self.proc.stdout.readline()
-            if not line:
+                raise RuntimeError(f"role {self.proc.args[2:]} said no '{key}' within {timeout}s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 raise RuntimeError(f"role {self.proc.args[2:]} exited ({self.proc.poll()}) before '{key}'")
-            parts = line.strip().split(" ", 1)
-            if parts[0] == key:
-                return parts[1] if len(parts) > 1 else ""
-        raise RuntimeError(f"role {self.proc.args[2:]} said no '{key}' within {timeout}s")
+            self._out += chunk
+        return self.said.pop(key)
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -180,9 +187,10 @@ def http_json(method: str, url: str, body=None, timeout: float = 30.0):
         return json.loads(resp.read() or b"null")
 
 
-def monitor_role(tmp: str, upstream: "Role") -> "Role":
-    """The real app in its own process, watching `upstream`, with its data and log under `tmp`."""
-    return Role("monitor", "--comfy-url", f"http://127.0.0.1:{upstream.port}", "--data-dir",
+def monitor_role(tmp: str, upstream: "Role", comfy_url: str | None = None) -> "Role":
+    """The real app in its own process, watching `upstream` (or the hosts of `comfy_url`, a COMFYUI_URL
+    list), with its data and log under `tmp`."""
+    return Role("monitor", "--comfy-url", comfy_url or f"http://127.0.0.1:{upstream.port}", "--data-dir",
                 os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
 
 
@@ -285,6 +293,7 @@ def role_upstream(argv) -> None:
     ap.add_argument("--engine", choices=("bench", "synthetic"), default="bench")
     ap.add_argument("--paused", action="store_true", help="take no prompt from the queue (API bench)")
     ap.add_argument("--preview-bytes", type=int, default=30_000)
+    ap.add_argument("--hosts", type=int, default=1, help="this many fake ComfyUIs in the process (a fleet)")
     args = ap.parse_args(argv)
 
     import gevent
@@ -323,13 +332,17 @@ def role_upstream(argv) -> None:
             yield 0, {"type": "executed", "data": {"node": "7", "display_node": "7", "prompt_id": pid, "output": {
                 "images": [{"filename": "bench_00001_.png", "subfolder": "bench", "type": "output"}]}}}
 
-    engine = BenchEngine() if args.engine == "bench" else \
-        SyntheticEngine(step_s=0.0, time_scale=0.0, preview_size=64, seed=1)
-    sim = SimComfy(engine, paused=args.paused)
-    sim.app.add_url_rule("/bench/sendtimes/<pid>", "bench_sendtimes",
-                         lambda pid: jsonify({str(k): v for k, v in sendtimes.get(pid, {}).items()}))
-    sim.start()
-    print(f"port {sim.port}", flush=True)
+    ports = []
+    for _ in range(args.hosts):
+        engine = BenchEngine() if args.engine == "bench" else \
+            SyntheticEngine(step_s=0.0, time_scale=0.0, preview_size=64, seed=1)
+        sim = SimComfy(engine, paused=args.paused)
+        sim.app.add_url_rule("/bench/sendtimes/<pid>", "bench_sendtimes",
+                             lambda pid: jsonify({str(k): v for k, v in sendtimes.get(pid, {}).items()}))
+        sim.start()
+        ports.append(sim.port)
+    print(f"port {ports[0]}", flush=True)
+    print(f"ports {','.join(map(str, ports))}", flush=True)
     gevent.wait()
 
 
@@ -373,6 +386,18 @@ def role_monitor(argv) -> None:
         rows = mon.store._query("SELECT id, status FROM jobs")
         return jsonify({r["id"]: r["status"] for r in rows})
 
+    profile = os.environ.get("BENCH_PROFILE")   # a path: cProfile the whole run, written when terminated
+    if profile:
+        import cProfile
+        import signal
+        profiler = cProfile.Profile()
+        profiler.enable()
+
+        def dump(*_):
+            profiler.disable()
+            profiler.dump_stats(profile)
+            os._exit(0)
+        gevent.signal_handler(signal.SIGTERM, dump)
     server = make_server(app)   # exactly as app.py serves it
     server.start()
     logging.getLogger("monitor").info("bench monitor on %d", server.server_port)
@@ -425,7 +450,7 @@ def role_bcast(argv) -> None:
             except Exception:
                 pass
 
-    async def run(steps: int, interval: float, pid: str) -> None:
+    async def run(steps: int, interval: float, pid: str, table: dict) -> None:
         t0 = time.time()
         for step in range(1, steps + 1):
             await asyncio.sleep(max(0.0, t0 + step * interval - time.time()))
@@ -437,7 +462,9 @@ def role_bcast(argv) -> None:
     async def start(request):
         body = await request.json()
         table.clear()
-        asyncio.get_running_loop().create_task(run(int(body["steps"]), float(body["interval"]), "bcast"))
+        for k in range(int(body.get("streams", 1))):   # several prompts streaming at once (a fleet's hosts)
+            asyncio.get_running_loop().create_task(run(int(body["steps"]), float(body["interval"]), f"bcast{k}",
+                                                       table if k == 0 else {}))
         return web.json_response({"clients": len(sockets)})
 
     async def sendtimes(request):

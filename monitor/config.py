@@ -113,7 +113,8 @@ def parse_comfy_hosts(raw: str) -> tuple[ComfyHost, ...]:
             port = parts.port
         except ValueError:
             parts = port = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or port == 0
+                or parts.query or parts.fragment):   # a query or fragment would be dropped silently
             raise SystemExit(f"{shown}: the URL must look like http://host:8188 or https://user:pass@host, "
                              f"got {url!r}")
         if name is None:

@@ -182,7 +182,7 @@ class Fleet:
         positions: dict[str | None, int] = {}
         end = None if limit is None else offset + limit
         out = []
-        for index, job in enumerate(self.store.active(graph=False)):
+        for index, job in enumerate(self.store.active(graph=False, shared=True)):   # build() copies
             position = None
             if job["status"] == "queued":
                 position = positions[job.get("host")] = positions.get(job.get("host"), 0) + 1
@@ -199,14 +199,14 @@ class Fleet:
         return out
 
     def active_counts(self) -> dict:
-        jobs = self.store.active(graph=False)
+        jobs = self.store.active(graph=False, shared=True)
         running = sum(1 for j in jobs if j["status"] == "running")
         return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
 
     def current_job(self) -> dict | None:
-        """The running job (the first by queue order if we believe in several)."""
+        """The running job (the first by queue order if we believe in several) of a configured host."""
         for job in self.store.active(graph=False):
-            if job["status"] == "running":
+            if job["status"] == "running" and self.host_of(job) is not None:
                 return self._decorate(self.host_of(job), job, brief=True)
         return None
 
@@ -242,7 +242,8 @@ class Fleet:
     def _decorate(host: Host | None, job: dict, position: int | None = None, brief: bool = False) -> dict:
         if host is not None:
             return host._decorate(job, position, brief=brief)
-        job = dict(job, progress=None, queue_position=None)   # its host is no longer configured
+        # Its host is no longer configured: kept as it was last known, marked, with nothing live about it.
+        job = dict(job, progress=None, queue_position=None, host_configured=False)
         if brief:
             job.pop("graph", None)
         return job
@@ -282,7 +283,8 @@ class Fleet:
 
     def _route(self, prompt: dict) -> tuple[Host, str]:
         """Among connected hosts that can run the graph (capability.py; a host whose /object_info is unknown
-        is left to ComfyUI's own validation), the one with the fewest running + queued jobs, ties by name."""
+        is left to ComfyUI's own validation) and whose /queue answer is readable, the one with the least work
+        ahead (_work_ahead), ties by name."""
         connected = [h for h in self.hosts if h.listener.connected]
         if not connected:
             raise SubmitError(503, "no ComfyUI host is connected ("
@@ -292,15 +294,27 @@ class Fleet:
             missing = capability.lacks(prompt, host.object_info) if host.object_info is not None else []
             if missing:
                 refusals.append(f"{host.name}: {capability.describe(missing)}")
+            elif host.answer_error:
+                # Its queue cannot be read, so it looks empty: it would draw every job.
+                refusals.append(f"{host.name}: its queue cannot be read ({host.answer_error})")
             else:
                 able.append(host)
         if not able:
             raise SubmitError(400, "no connected host can run this graph: " + " | ".join(refusals))
-        load = {h.name: h.active_counts()["total"] for h in able}
-        target = min(able, key=lambda h: (load[h.name], h.name))
-        loads = ", ".join(f"{h.name} {load[h.name]} job{'s' if load[h.name] != 1 else ''}"
-                          for h in sorted(able, key=lambda h: h.name))
-        return target, f"least wait ({loads})"
+        ahead, shown = self._work_ahead(able)
+        target = min(able, key=lambda h: (ahead[h.name], h.name))
+        return target, "least wait (" + ", ".join(shown[h.name] for h in sorted(able, key=lambda h: h.name)) + ")"
+
+    @staticmethod
+    def _work_ahead(hosts: list[Host]) -> tuple[dict[str, float], dict[str, str]]:
+        """Each host's work ahead of a new job, and how the routed reason shows it: the estimated wait in
+        seconds when every host can estimate one (Host.estimated_wait_s), else running + queued job counts
+        (seconds and counts are never compared with each other)."""
+        waits = {h.name: h.estimated_wait_s() for h in hosts}
+        if all(w is not None for w in waits.values()):
+            return waits, {name: f"{name} {w:.0f} s" for name, w in waits.items()}
+        counts = {h.name: h.active_counts()["total"] for h in hosts}
+        return counts, {name: f"{name} {n} job{'s' if n != 1 else ''}" for name, n in counts.items()}
 
     def cancel(self, job_id: str) -> dict:
         """Cancel on the job's own host."""

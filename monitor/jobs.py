@@ -407,9 +407,10 @@ class JobStore:
         """Bumped by every write: what a cache of this store's reads is keyed on."""
         return self._generation
 
-    def active(self, graph: bool = True) -> list[dict]:
+    def active(self, graph: bool = True, shared: bool = False) -> list[dict]:
         """Queued and running jobs: running first, then queued by ComfyUI's number, then queued_at.
-        graph=False leaves the `graph` key out (neither read nor parsed): for lists and status checks."""
+        graph=False leaves the `graph` key out (neither read nor parsed): for lists and status checks.
+        shared=True (with graph=False): the cached dicts themselves, not copies, for callers that only read."""
         if graph:
             rows = self._query(
                 f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE status IN ('running', 'queued') "
@@ -424,7 +425,7 @@ class JobStore:
                     f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE status IN ('running', 'queued') "
                     "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid").fetchall()
                 cached = self._active_brief = (self._generation, [_row_to_job(r, _BRIEF_NAMES) for r in rows])
-        return [dict(job) for job in cached[1]]
+        return list(cached[1]) if shared else [dict(job) for job in cached[1]]
 
     def history(self, limit=50, status=None, graph: bool = True) -> list[dict]:
         """Finished jobs (terminal or stalled), newest first; graph=False as for active()."""

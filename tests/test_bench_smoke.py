@@ -20,6 +20,9 @@ SCRIPTS = [
     ("ingest.py", ["--seconds", "0.3"], ["msg/s"]),
     ("loop_lag.py", ["--duration", "1", "--slow", "0.3", "--interval", "0.5"], ["machine:", "with the sampler"]),
     ("burst.py", ["--quick"], ["machine:", "duplicates 0, missing 0", "with two running jobs: 0"]),
+    ("fleet.py", ["--quick"], ["machine:", "monitor  server CPU", "aiohttp  server CPU",
+                               "relay CPU per delivered frame: monitor/aiohttp", "2 hosts x 10 jobs submitted",
+                               "GET /api/admin/queue ", "GET /api/admin/queue?limit=1000"]),
 ]
 
 

@@ -47,11 +47,27 @@ def test_one_url_is_one_host_named_by_host_and_port():
     ("bad name=http://h1:8188", "entry 1 ('bad name=http://h1:8188'): a host name is 1 to 32"),
     ("=http://h1:8188", "entry 1 ('=http://h1:8188'): a host name is 1 to 32"),
     (f"{'x' * 33}=http://h1:8188", "a host name is 1 to 32"),
+    ("a=http://h1:8188,b=http://h2:0", "entry 2 ('b=http://h2:0'): the URL must look like"),
+    ("a=http://h1:8188/?token=x", "entry 1 ('a=http://h1:8188/?token=x'): the URL must look like"),
+    ("a=http://h1:8188#top", "entry 1 ('a=http://h1:8188#top'): the URL must look like"),
+    ("a=b=http://h1:8188", "entry 1 ('a=b=http://h1:8188'): the URL must look like"),
+    (" , ", "entry 1 is empty"),
+    ("gpu=http://h1:8188,GPU=http://h2:8188", "entry 2 ('GPU=http://h2:8188'): the host name 'GPU' is given twice"),
+    ("http://H1:8188,http://h1:8188", "entry 2 ('http://h1:8188'): the host name 'h1:8188' is given twice"),
 ])
 def test_bad_lists_refuse_to_start_naming_the_entry(raw, named):
     with pytest.raises(SystemExit) as info:
         Config.from_env(comfyui_url=raw)
     assert named in str(info.value)
+
+
+def test_the_app_refuses_a_bad_list_from_the_environment_before_opening_anything(tmp_path, monkeypatch):
+    from monitor import create_app
+    monkeypatch.setenv("COMFYUI_URL", "gpu1=http://127.0.0.1:9,gpu2=http://127.0.0.1:9")
+    with pytest.raises(SystemExit) as info:
+        create_app(Config.from_env(data_dir=str(tmp_path / "data")), start=False)
+    assert "entry 2 ('gpu2=http://127.0.0.1:9'): the URL http://127.0.0.1:9 is given twice" in str(info.value)
+    assert not (tmp_path / "data").exists(), "nothing created for a configuration that cannot start"
 
 
 def test_app_py_refuses_a_bad_list_and_names_the_entry(tmp_path):

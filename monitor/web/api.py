@@ -194,14 +194,14 @@ def healthz():
         db_ok = True
     except Exception:
         db_ok = False
-    ok = db_ok and comfy["connected"]
+    ok = db_ok and comfy["connected"]   # several hosts: connected while any one is
     body = {"ok": ok}
     if authenticated():   # a supervisor without credentials learns only ok / not ok
         body.update({"db": "ok" if db_ok else "error",
                      "comfy": {k: comfy.get(k) for k in ("connected", "since", "last_message_at", "listener_age_s",
                                                          "reconciled_at", "relay")}})
-        if "hosts" in comfy:   # several: each host's connection and relay node
-            body["hosts"] = [{k: h.get(k) for k in ("name", "connected", "relay")} for h in comfy["hosts"]]
+        if len(m.hosts) > 1:   # several: each host's connection, relay node and last error
+            body["hosts"] = [{k: h.get(k) for k in ("name", "connected", "relay", "error")} for h in m.hosts_state()]
     return jsonify(body), 200 if ok else 503
 
 

@@ -6,22 +6,29 @@ from __future__ import annotations
 
 from typing import Callable
 
+KEEP_CALLS = 8   # an entry not listed by this many calls in a row is dropped (a job that left the queue)
+
 
 class FragmentCache:
     def __init__(self):
-        self._entries: dict[str, tuple[tuple, str]] = {}
+        self._entries: dict[str, list] = {}   # job id -> [version, text, number of the call that last listed it]
+        self._calls = 0
 
     def render_all(self, versions, render: Callable[[dict], str]) -> list[str]:
         """`versions`: [(id, version, build)], as Fleet.active_versions() gives them; `render(job)`
-        turns a built job dict into text. Returns the texts in order; entries of jobs that left the
-        list are dropped, so the cache holds only the active jobs."""
-        fresh: dict[str, tuple[tuple, str]] = {}
-        out = []
+        turns a built job dict into text. Returns the texts in order. Entries stay while any of the last
+        KEEP_CALLS calls listed them: pollers of different pages of a long queue (offset/limit) share
+        the cache instead of evicting each other's jobs, and jobs that left the list are dropped."""
+        self._calls += 1
+        call, entries, out = self._calls, self._entries, []
         for job_id, version, build in versions:
-            hit = self._entries.get(job_id)
+            hit = entries.get(job_id)
             if hit is None or hit[0] != version:
-                hit = (version, render(build()))
-            fresh[job_id] = hit
+                hit = entries[job_id] = [version, render(build()), call]
+            else:
+                hit[2] = call
             out.append(hit[1])
-        self._entries = fresh
+        if len(entries) > len(out):
+            oldest = call - KEEP_CALLS
+            self._entries = {k: e for k, e in entries.items() if e[2] > oldest}
         return out
