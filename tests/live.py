@@ -14,6 +14,7 @@ from monitor.web.server import make_server
 import recordings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATABASE_URL: str | None = None   # set by conftest's `backend` fixture: PostgreSQL instead of SQLite
 
 
 def recorded_prompt(scenario: str = "01b_happy_path_feature_flags", index: int = 0) -> dict:
@@ -53,7 +54,7 @@ class LiveServer:
         settings = dict(comfyui_url=self.fake.url, data_dir=self.data_dir, host="127.0.0.1", port=0,
                         workflows_dir=os.path.join(ROOT, "workflows"), reconcile_interval=0.5,
                         reconnect_min=0.1, reconnect_max=1.0, telemetry_interval=0.5, hub_tick=0.15,
-                        testing=True)
+                        testing=True, database_url=DATABASE_URL)
         settings.update(self.overrides)
         self.app = create_app(Config(**settings))
         # The production server (web/server.py), bound to loopback whatever config.host says.

@@ -20,8 +20,9 @@ def db(tmp_path):
 
 
 @pytest.fixture
-def store(db):
-    s = JobStore(db)
+def store(database):
+    """Behaviour tests run against both backends; the SQLite-specific ones open `db` themselves."""
+    s = JobStore(database)
     yield s
     s.close()
 
