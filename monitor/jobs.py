@@ -176,9 +176,11 @@ class JobStore:
         self._lock = threading.RLock()  # looked up at call time, so gevent's when patched
         self._generation = 0            # bumped by every write: a cached read is valid while unchanged
         self._active_brief: tuple[int, list[dict]] | None = None
-        self._history_seen: dict[tuple, list[dict]] = {}   # PostgreSQL down: the last answers, for the views
+        self._history_seen: dict[tuple, list[dict]] = {}
+        self._written: dict[str, tuple[int, dict]] = {}    # PostgreSQL: records written since the last active read   # PostgreSQL down: the last answers, for the views
         self._checkpointing = False   # a WAL checkpoint is running in an OS thread
         self._available = True
+        self._closing = False
         self._lease = None            # PostgreSQL: db.PgLease; SQLite: the data-dir lock file
         self._lease_held = self._pg_url is None
         if self._pg_url:
@@ -202,7 +204,7 @@ class JobStore:
         try:
             conn = db.PgConnection(self._pg_url)
         except Exception as exc:
-            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {str(exc).strip()}; check "
+            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {' '.join(str(exc).split())}; check "
                              "DATABASE_URL (postgres://user:password@host:port/dbname[?sslmode=require])") from exc
         try:
             self._migrate_pg(conn)
@@ -324,7 +326,7 @@ class JobStore:
                     with self._write() as conn:
                         result = work(conn, attempt > 0)
                 except Exception as exc:
-                    if not db.pg_retryable(exc):
+                    if not db.pg_retryable(exc) or self._closing:
                         raise
                     self._lost(exc, "write")
                     db.sleep(db.backoff(attempt))
@@ -362,6 +364,7 @@ class JobStore:
         return rows
 
     def close(self) -> None:
+        self._closing = True   # a write waiting for PostgreSQL gives up (within one backoff step)
         with self._lock:
             for _ in range(1000):   # a checkpoint still copying: let it finish (at most 10 s)
                 if not self._checkpointing:
@@ -545,7 +548,7 @@ class JobStore:
                 self._put_graph(conn, record["id"], graph_json)
         self._transact(insert)
         record.pop("graph", None)   # as update(): without the graph, which the caller has
-        return json.loads(json.dumps(record, default=str))   # as stored (JSON round-tripped), same shape as get(graph=False)
+        return self._wrote(json.loads(json.dumps(record, default=str)))   # as stored (JSON round-tripped), same shape as get(graph=False)
 
     def update(self, job_id, **fields) -> dict | None:
         """Change some fields; None if the job is unknown. Finished jobs keep their status (see below).
@@ -566,7 +569,25 @@ class JobStore:
             raise ValueError("a job's id cannot change")
         if "status" in fields:
             _check_status(fields["status"])
-        return self._transact(lambda conn, retried: self._change_in(conn, job_id, allowed_from, fields))
+        applied, job = self._transact(lambda conn, retried: self._change_in(conn, job_id, allowed_from, fields))
+        return applied, (self._wrote(job) if applied and job else job)
+
+    def _wrote(self, job: dict) -> dict:
+        """PostgreSQL: keep what was written, so that the views show it while the server is down."""
+        if self._pg_url:
+            self._written[job["id"]] = (self._generation, dict(job))
+        return job
+
+    def _from_memory(self, cached: list[dict]) -> list[dict]:
+        """The last active list read, with the records written since, in the store's run order."""
+        jobs = {job["id"]: job for job in cached}
+        for job_id, (_, job) in self._written.items():
+            if job["status"] in ACTIVE:
+                jobs[job_id] = job
+            else:
+                jobs.pop(job_id, None)
+        return sorted(jobs.values(), key=lambda j: (j["status"] != "running", j.get("number") is None,
+                                                     j.get("number") or 0, j.get("queued_at") or ""))
 
     def _change_in(self, conn, job_id, allowed_from, fields) -> tuple[bool, dict | None]:
         row = conn.execute(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -622,6 +643,8 @@ class JobStore:
 
     def _remembered(self, job_id) -> dict:
         """PostgreSQL is down: an active job as last read (the views keep working), else StoreUnavailable."""
+        if job_id in self._written:
+            return self._written[job_id][1]
         for job in (self._active_brief or (0, []))[1]:
             if job["id"] == job_id:
                 return job
@@ -658,8 +681,10 @@ class JobStore:
             except StoreUnavailable:
                 if cached is None:
                     raise
-            else:
-                cached = self._active_brief = (generation, [_row_to_job(r, _BRIEF_NAMES) for r in rows])
+                return [dict(job) for job in self._from_memory(cached[1])]
+            cached = self._active_brief = (generation, [_row_to_job(r, _BRIEF_NAMES) for r in rows])
+            if self._written:
+                self._written = {k: v for k, v in self._written.items() if v[0] > generation}
         return [dict(job) for job in cached[1]]
 
     def history(self, limit=50, status=None, graph: bool = True) -> list[dict]:

@@ -33,14 +33,14 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
 
 
 class LiveServer:
-    def __init__(self, fake, data_dir: str, **config):
+    def __init__(self, fake, data_dir: str, wait_connected: bool = True, **config):
         self.fake = fake
         self.data_dir = data_dir
         self.overrides = config
         self.port = 0
         self.server = None
         self.app = None
-        self.start_app()
+        self.start_app(wait_connected)
 
     @property
     def url(self) -> str:
