@@ -112,10 +112,30 @@ def _parser() -> argparse.ArgumentParser:
                                             "(live progress of jobs queued elsewhere)")
     p.add_argument("path", help="the ComfyUI folder (the one holding main.py and custom_nodes/)")
     p.set_defaults(func=cmd_install_node)
+
+    p = sub.add_parser("migrate", help="copy a SQLite history into the PostgreSQL database of DATABASE_URL")
+    p.add_argument("--from-sqlite", required=True, metavar="PATH", help="the monitor.sqlite3 file to copy from")
+    p.set_defaults(func=cmd_migrate)
     return parser
 
 
 # --- commands ------------------------------------------------------------------------------------
+
+def cmd_migrate(api: Api, args) -> int:
+    """Runs here, not through the API: it opens both databases itself (the monitor must not be running)."""
+    from .config import _database_url
+    from .jobs import StoreError
+    from .migrate import copy_sqlite
+    url = _database_url(os.environ.get("DATABASE_URL") or None)
+    if not url:
+        raise CliError("set DATABASE_URL to the PostgreSQL database to copy into", 2)
+    try:
+        copy_sqlite(args.from_sqlite, url)
+    except StoreError as exc:
+        raise CliError(str(exc), 2) from None
+    return 0
+
+
 
 def cmd_submit(api: Api, args) -> int:
     params = _parse_params(args.params)

@@ -54,6 +54,17 @@ def _public_url(raw: str | None) -> str | None:
     return raw
 
 
+def _database_url(raw: str | None) -> str | None:
+    """Heroku's form: postgres://user:password@host:port/dbname, query parameters (sslmode=require) kept."""
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgres", "postgresql") or not (parts.hostname or "host=" in parts.query):
+        raise SystemExit("DATABASE_URL must look like postgres://user:password@host:5432/dbname "
+                         f"(or postgresql://…), got one starting {raw.split('://')[0]!r}://")
+    return raw
+
+
 @dataclass(frozen=True)
 class ComfyHost:
     """One ComfyUI server of the fleet: its name and URL as configured (credentials included)."""
@@ -141,6 +152,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = "./data"
+    database_url: str | None = None        # postgres://… (DATABASE_URL): PostgreSQL instead of SQLite in data_dir
     comfyui_output_dir: str | None = None
     workflows_dir: str = "./workflows"
     instant_nodes: frozenset[str] = field(default_factory=frozenset)
@@ -182,6 +194,7 @@ class Config:
             # PORT first: the convention of PaaS hosts that read the Procfile.
             port=_int("PORT", _int("MONITOR_PORT", cls.port)),
             data_dir=_env("MONITOR_DATA_DIR", cls.data_dir),
+            database_url=_database_url(_env("DATABASE_URL")),
             comfyui_output_dir=_env("COMFYUI_OUTPUT_DIR"),
             workflows_dir=_env("MONITOR_WORKFLOWS_DIR", cls.workflows_dir),
             instant_nodes=_csv(_env("MONITOR_INSTANT_NODES")),
@@ -246,3 +259,8 @@ class Config:
     @property
     def db_path(self) -> str:
         return os.path.join(self.data_dir, "monitor.sqlite3")
+
+    @property
+    def database(self) -> str:
+        """What the job store opens: DATABASE_URL when set, else the SQLite file in the data dir."""
+        return self.database_url or self.db_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import gevent
 
@@ -14,7 +15,7 @@ from .estimate import Estimator
 from .hub import Hub
 from .jobs import FINISHED, EventBus, JobStore, StoreError, prune_step
 from .metrics import Metrics
-from .service import Host, SubmitError, _load_client_id, _lock_data_dir
+from .service import Host, SubmitError, _load_client_id
 from .telemetry import RemoteTelemetry, Telemetry
 from .timeutil import epoch_from_iso, iso_from_epoch, utcnow_iso
 from .workflows import load_workflows
@@ -22,24 +23,29 @@ from .workflows import load_workflows
 log = logging.getLogger(__name__)
 
 PRUNE_FIRST_S, PRUNE_EVERY_S = 30.0, 600.0
+LEASE_POLL_S = 2.0        # a standby monitor asks for the lease this often
+LEASE_CHECK_S = 1.0       # the active one checks it still holds it (a database restart ends the session)
 
 
 class Fleet:
     def __init__(self, config: Config):
         self.config = config
         specs = config.comfy_hosts   # SystemExit for a bad COMFYUI_URL list, before anything is opened
-        self.store = JobStore(config.db_path)  # creates the data dir, or says clearly why it can't
-        self._lock_file = None
+        self.store = JobStore(config.database)  # creates the data dir, or says clearly why it can't
+        self.standby = False   # another monitor holds this database's lease: we wait, watching nothing
         try:
-            self._lock_file = _lock_data_dir(config.data_dir)
-            # The first host keeps the single-host `client_id` file: upgrading to a fleet loses no messages.
-            client_ids = [_load_client_id(config.data_dir, None if index == 0 else spec.name)
+            # SQLite: a second monitor on the data dir is refused (DataDirBusy); PostgreSQL: it waits.
+            if not self.store.try_lease():
+                self.standby = True
+                log.warning("another monitor is active on %s; this one is on standby until it exits",
+                            self.store.path)
+            # The first host keeps the single-host `client_id`: upgrading to a fleet loses no messages.
+            client_ids = [_load_client_id(self.store, None if index == 0 else spec.name)
                           for index, spec in enumerate(specs)]
-            self.store.assign_host(specs[0].name)
+            if not self.standby:
+                self.store.assign_host(specs[0].name)
         except BaseException as exc:
             self.store.close()
-            if self._lock_file is not None:
-                self._lock_file.close()
             if isinstance(exc, OSError):  # a full disk, or a lock/client-id path that is not a file
                 raise StoreError(f"cannot use data directory {os.path.abspath(config.data_dir)}: "
                                  f"{exc.strerror or exc} ({exc.filename or 'writing'}); set MONITOR_DATA_DIR "
@@ -68,7 +74,7 @@ class Fleet:
 
     def __getattr__(self, name):
         # One host: the fleet is that host (listener, tracker, comfy, client_id, reconcile...), as before.
-        if name.startswith("__") or name in ("hosts", "_fleet_greenlets", "remote_telemetry", "metrics"):
+        if name.startswith("__") or name in ("hosts", "_fleet_greenlets", "remote_telemetry", "metrics", "standby"):
             raise AttributeError(name)
         return getattr(self.hosts[0], name)
 
@@ -78,10 +84,54 @@ class Fleet:
         self.telemetry.start()
         for sampler in self.remote_telemetry.values():
             sampler.start()
+        self.metrics.start()
+        if self.standby:
+            self._fleet_greenlets.append(gevent.spawn(self._await_lease))
+        else:
+            self._start_active()
+
+    def _start_active(self) -> None:
+        """What only the monitor holding the lease runs: the hosts' listeners and reconcilers, retention."""
         for host in self.hosts:
             host.start()
-        self.metrics.start()
         self._fleet_greenlets.append(gevent.spawn(self._prune_loop))
+        if self.store.shared:
+            self._fleet_greenlets.append(gevent.spawn(self._watch_lease))
+
+    def _await_lease(self) -> None:
+        while not self.store.try_lease():
+            gevent.sleep(LEASE_POLL_S)
+        log.warning("this monitor took over the database lease on %s; starting", self.store.path)
+        self.store.assign_host(self.hosts[0].name)
+        for host in self.hosts:
+            host.started_at = time.time()
+        self.standby = False
+        self._start_active()
+
+    def _watch_lease(self) -> None:
+        """A database restart ends the lease's session: take the lease again. If another monitor took it
+        meanwhile, stop watching ComfyUI and wait (two listeners must never share a client id)."""
+        while True:
+            gevent.sleep(LEASE_CHECK_S)
+            if self.store.lease_held():
+                continue
+            if self.store.try_lease() or not self.store.available:
+                continue   # re-taken, or the server is still down: nobody else can hold it either
+            try:
+                self.store.get("lease-probe", graph=False)   # reachable now?
+            except Exception:  # noqa: BLE001
+                continue
+            if self.store.try_lease():
+                continue
+            log.error("another monitor took the database lease on %s; this one goes to standby", self.store.path)
+            for host in self.hosts:
+                host.stop()
+            self.standby = True
+            for g in list(self._fleet_greenlets):
+                if g is not gevent.getcurrent():
+                    g.kill(block=False)
+            self._fleet_greenlets = [gevent.spawn(self._await_lease)]
+            return
 
     def stop(self) -> None:
         for g in self._fleet_greenlets:
@@ -96,12 +146,9 @@ class Fleet:
         self.hub.stop()
 
     def close(self) -> None:
-        """Stop, then release the database and the data-dir lock (a new Fleet may then take it)."""
+        """Stop, then release the database and its lease (a new Fleet may then take it)."""
         self.stop()
         self.store.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
 
     # --- hosts --------------------------------------------------------------------------------
     def busy(self) -> bool:
@@ -267,6 +314,8 @@ class Fleet:
     def submit(self, prompt: dict, *, host: str | None = None, **fields) -> dict:
         """Submit to `host`, or (none named) to the connected host with the least work ahead."""
         routed = None
+        if self.standby:
+            raise SubmitError(503, "this monitor is on standby (another one is active on the same database)")
         if host is not None:
             target = self.by_name.get(host)
             if target is None:

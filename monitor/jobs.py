@@ -1,4 +1,5 @@
-"""Durable records: the job store and the event log, one SQLite file in WAL mode, migrated on open."""
+"""Durable records: the job store and the event log, in one SQLite file in WAL mode or in PostgreSQL
+(DATABASE_URL, through db.py), migrated on open."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,7 @@ import sqlite3
 import threading
 import time
 
+from . import db
 from .timeutil import UTC, epoch_from_iso, iso_from_epoch, utcnow_iso
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,9 @@ JOB_DEFAULTS = {
 JSON_FIELDS = frozenset({"params", "seeds", "outputs", "error", "graph", "outputs_to_execute", "cached_nodes"})
 TIME_FIELDS = frozenset({"queued_at", "started_at", "finished_at"})
 
-# Append only: entry N (1-based) moves the schema from user_version N-1 to N.
+# Append only: entry N (1-based) moves the schema from version N-1 to N (SQLite: PRAGMA user_version;
+# PostgreSQL: the schema_version table). Written once, in SQLite's dialect: db.pg_ddl translates types and
+# gives PostgreSQL tables an explicit `rowid`, so plain SQL with `?` placeholders serves both.
 MIGRATIONS: list[tuple[str, ...]] = [
     (
         """CREATE TABLE jobs (
@@ -78,6 +82,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
      "ALTER TABLE jobs ADD COLUMN requeued_from TEXT",
      "CREATE INDEX jobs_finished_order ON jobs (COALESCE(finished_at, queued_at))",
      "CREATE INDEX jobs_status_finished_order ON jobs (status, COALESCE(finished_at, queued_at))"),
+    # What must survive a restart besides jobs (the ComfyUI client ids) when the database is PostgreSQL: a
+    # redeployed host starts from an empty disk. SQLite keeps them as files beside the database, as before.
+    ("CREATE TABLE monitor_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",),
 ]
 
 
@@ -98,6 +105,33 @@ def _start_os_thread(target) -> None:
 
 class StoreError(RuntimeError):
     """The database cannot be opened or written; the message names the path and the fix."""
+
+
+class StoreUnavailable(StoreError):
+    """PostgreSQL does not answer right now (restart, network): reads fall back to what is cached."""
+
+
+class DataDirBusy(SystemExit):
+    pass
+
+
+def _lock_data_dir(data_dir: str):
+    """Two monitors on one data dir would share one ComfyUI client id, and ComfyUI silently stops
+    delivering to both sockets (PROTOCOL.md §2.2): refuse the second one."""
+    import fcntl
+    fh = open(os.path.join(data_dir, "monitor.lock"), "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataDirBusy(f"another monitor is already using the data dir {os.path.abspath(data_dir)}; "
+                          "stop it or give this one its own MONITOR_DATA_DIR")
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
 
 
 class RawJSON(str):
@@ -127,7 +161,14 @@ def _check_status(status) -> None:
         raise ValueError(f"unknown job status {status!r}; expected one of {', '.join(STATUSES)}")
 
 
-def _row_to_job(row: sqlite3.Row, names=tuple(JOB_DEFAULTS)) -> dict:
+def _is_integrity_error(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return True
+    return type(exc).__module__.startswith("psycopg") and exc.__class__.__mro__ and any(
+        c.__name__ == "IntegrityError" for c in type(exc).__mro__)
+
+
+def _row_to_job(row, names=tuple(JOB_DEFAULTS)) -> dict:
     job = {}
     for name in names:
         value = row[name]
@@ -142,14 +183,71 @@ _BRIEF_COLUMNS = ", ".join(_BRIEF_NAMES)
 
 class JobStore:
     def __init__(self, path):
-        self.path = os.path.abspath(os.fspath(path))
+        """`path`: the SQLite file, or a postgres:// / postgresql:// URL (DATABASE_URL)."""
+        self._pg_url = path if db.is_postgres_url(path) else None
+        self.path = db.redact(path) if self._pg_url else os.path.abspath(os.fspath(path))
         self._lock = threading.RLock()  # looked up at call time, so gevent's when patched
         self._generation = 0            # bumped by every write: a cached read is valid while unchanged
         self._active_brief: tuple[int, list[dict]] | None = None
+        self._history_seen: dict[tuple, list[dict]] = {}
+        self._written: dict[str, tuple[int, dict]] = {}    # PostgreSQL: records written since the last active read   # PostgreSQL down: the last answers, for the views
         self._checkpointing = False   # a WAL checkpoint is running in an OS thread
-        self._conn = self._open()
+        self._available = True
+        self._closing = False
+        self._lease = None            # PostgreSQL: db.PgLease; SQLite: the data-dir lock file
+        self._lease_held = self._pg_url is None
+        if self._pg_url:
+            self._pool = db.PgPool(self._pg_url)
+            self._conn = self._open_pg()
+        else:
+            self._conn = self._open()
+
+    @property
+    def shared(self) -> bool:
+        """True when other monitors may open the same database (PostgreSQL): they wait for the lease."""
+        return self._pg_url is not None
+
+    @property
+    def available(self) -> bool:
+        """False while PostgreSQL does not answer (writes wait and retry meanwhile); SQLite always True."""
+        return self._available
 
     # --- connection -----------------------------------------------------------------------------
+    def _open_pg(self):
+        try:
+            conn = db.PgConnection(self._pg_url)
+        except Exception as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {' '.join(str(exc).split())}; check "
+                             "DATABASE_URL (postgres://user:password@host:port/dbname[?sslmode=require])") from exc
+        try:
+            self._migrate_pg(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _migrate_pg(conn) -> None:
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (db.MIGRATE_KEY,))   # one migrating monitor at a time
+            version = db.pg_schema_version(conn)
+            if version > len(MIGRATIONS):
+                raise StoreError(f"the PostgreSQL database has schema version {version}, newer than this app "
+                                 f"(knows {len(MIGRATIONS)}); upgrade the app")
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    conn.execute(db.pg_ddl(statement))
+                conn.execute("UPDATE schema_version SET version = ?", (number,))
+                log.info("job database migrated to schema version %d", number)
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the connection itself failed
+                pass
+            raise
+
     def _open(self) -> sqlite3.Connection:
         directory = os.path.dirname(self.path)
         hint = "set MONITOR_DATA_DIR (or --data-dir) to a writable directory"
@@ -202,33 +300,158 @@ class JobStore:
 
     @contextlib.contextmanager
     def _write(self):
-        """One short write transaction under the store lock."""
+        """One short write transaction under the store lock (no retry: see _transact)."""
         with self._lock:
             self._generation += 1
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._writer()
+            conn.execute("BEGIN" if self._pg_url else "BEGIN IMMEDIATE")
             try:
-                yield self._conn
+                yield conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - PostgreSQL went away mid-transaction
+                    if not self._pg_url:
+                        raise
                 raise
             finally:
                 self._generation += 1
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
             self._after_commit()
 
-    def _query(self, sql: str, params=()) -> list[sqlite3.Row]:
+    def _writer(self):
+        if self._conn is None:   # PostgreSQL: lost, reconnect
+            self._conn = db.PgConnection(self._pg_url)
+        return self._conn
+
+    def _transact(self, work):
+        """Run `work(conn, retried)` in one write transaction and return its result. With PostgreSQL, a lost
+        or unreachable server is retried until it answers (the calling greenlet waits, the loop runs; the
+        store lock keeps writes in order); `retried` is True on a second try, when the first may have
+        committed before its answer was lost."""
+        if not self._pg_url:
+            with self._write() as conn:
+                return work(conn, False)
+        attempt = 0
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            while True:
+                try:
+                    with self._write() as conn:
+                        result = work(conn, attempt > 0)
+                except Exception as exc:
+                    if not db.pg_retryable(exc) or self._closing:
+                        raise
+                    self._lost(exc, "write")
+                    db.sleep(db.backoff(attempt))
+                    attempt += 1
+                    continue
+                self._back()
+                return result
+
+    def _lost(self, exc, what: str) -> None:
+        if self._conn is not None and (what == "write" or self._conn.broken):
+            self._conn.close()
+            self._conn = None
+        if self._available:
+            log.warning("PostgreSQL is not answering (%s: %s); writes wait and are retried, the views serve "
+                        "what they last read", what, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        self._available = False
+
+    def _back(self) -> None:
+        if not self._available:
+            log.warning("PostgreSQL answers again")
+        self._available = True
+
+    def _query(self, sql: str, params=()) -> list:
+        if not self._pg_url:
+            with self._lock:
+                return self._conn.execute(sql, params).fetchall()
+        try:
+            rows = self._pool.query(sql, params)
+        except Exception as exc:
+            if not db.pg_retryable(exc):
+                raise
+            self._lost(exc, "read")
+            raise StoreUnavailable(f"PostgreSQL at {self.path} is not answering: {exc}") from exc
+        self._back()
+        return rows
 
     def close(self) -> None:
+        self._closing = True   # a write waiting for PostgreSQL gives up (within one backoff step)
         with self._lock:
             for _ in range(1000):   # a checkpoint still copying: let it finish (at most 10 s)
                 if not self._checkpointing:
                     break
                 time.sleep(0.01)
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+            if self._pg_url:
+                self._pool.close()
+            self.release_lease()
+
+    # --- one active monitor per database ----------------------------------------------------------
+    def try_lease(self) -> bool:
+        """Take the lease that makes this monitor the active one: SQLite locks the data dir (a second monitor
+        is refused: DataDirBusy), PostgreSQL takes an advisory lock on a connection of its own (a second monitor
+        waits: False until the first exits). Idempotent."""
+        if not self._pg_url:
+            if self._lease is None:
+                self._lease = _lock_data_dir(os.path.dirname(self.path))
+            return True
+        if self._lease is None:
+            self._lease = db.PgLease(self._pg_url)
+        try:
+            self._lease_held = self._lease.try_acquire()
+        except Exception as exc:  # noqa: BLE001 - unreachable: not ours (yet)
+            if not db.pg_retryable(exc):
+                raise
+            self._lease_held = False
+        return self._lease_held
+
+    def lease_held(self) -> bool:
+        """Checked now (PostgreSQL: the lease connection still answers)."""
+        if not self._pg_url:
+            return self._lease is not None
+        self._lease_held = self._lease is not None and self._lease.held()
+        return self._lease_held
+
+    def release_lease(self) -> None:
+        if self._lease is not None:
+            if self._pg_url:
+                self._lease.release()
+            else:
+                self._lease.close()
+            self._lease = None
+        self._lease_held = not self._pg_url
+
+    # --- state that must survive a restart -----------------------------------------------------
+    def kept_value(self, name: str, make) -> str:
+        """A named value made once and kept for good (e.g. a ComfyUI client id): SQLite keeps it in a file
+        `name` beside the database, as before; PostgreSQL in monitor_state (a redeployed host has an empty disk)."""
+        if not self._pg_url:
+            path = os.path.join(os.path.dirname(self.path), name)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    value = fh.read().strip()
+                if value:
+                    return value
+            except FileNotFoundError:
+                pass
+            value = make()
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(value)
+            return value
+        value = make()
+
+        def keep(conn, retried):
+            conn.execute("INSERT INTO monitor_state (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                         (name, value))
+            return conn.execute("SELECT value FROM monitor_state WHERE name = ?", (name,)).fetchone()[0]
+        return self._transact(keep)
 
     def _after_commit(self) -> None:
+        if self._pg_url:
+            return
         try:
             wal = os.path.getsize(self.path + "-wal")
         except OSError:
@@ -296,7 +519,8 @@ class JobStore:
         if graph_json is None:
             conn.execute("DELETE FROM job_graphs WHERE id = ?", (job_id,))
         else:
-            conn.execute("INSERT OR REPLACE INTO job_graphs (id, graph) VALUES (?, ?)", (job_id, graph_json))
+            conn.execute("INSERT INTO job_graphs (id, graph) VALUES (?, ?) "
+                         "ON CONFLICT (id) DO UPDATE SET graph = excluded.graph", (job_id, graph_json))
 
     def _with_graphs(self, jobs: list[dict]) -> list[dict]:
         """Fill in each job's `graph` from job_graphs (one query per 500 jobs)."""
@@ -324,15 +548,20 @@ class JobStore:
         columns, graph_json = self._columns(record)
         sql = (f"INSERT INTO jobs ({', '.join(columns)}) "
                f"VALUES ({', '.join('?' for _ in columns)})")
-        try:
-            with self._write() as conn:
+        def insert(conn, retried):
+            if retried and conn.execute("SELECT 1 FROM jobs WHERE id = ?", (record["id"],)).fetchone():
+                return   # the first try committed; its answer was lost
+            try:
                 conn.execute(sql, tuple(columns.values()))
-                if graph_json is not None:
-                    self._put_graph(conn, record["id"], graph_json)
-        except sqlite3.IntegrityError as exc:
-            raise ValueError(f"job {record['id']!r} already exists") from exc
+            except Exception as exc:
+                if _is_integrity_error(exc):
+                    raise ValueError(f"job {record['id']!r} already exists") from exc
+                raise
+            if graph_json is not None:
+                self._put_graph(conn, record["id"], graph_json)
+        self._transact(insert)
         record.pop("graph", None)   # as update(): without the graph, which the caller has
-        return json.loads(json.dumps(record, default=str))   # as stored (JSON round-tripped), same shape as get(graph=False)
+        return self._wrote(json.loads(json.dumps(record, default=str)))   # as stored (JSON round-tripped), same shape as get(graph=False)
 
     def update(self, job_id, **fields) -> dict | None:
         """Change some fields; None if the job is unknown. Finished jobs keep their status (see below).
@@ -353,54 +582,91 @@ class JobStore:
             raise ValueError("a job's id cannot change")
         if "status" in fields:
             _check_status(fields["status"])
-        with self._write() as conn:
-            row = conn.execute(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return False, None
-            current = _row_to_job(row, _BRIEF_NAMES)
-            if allowed_from is not None and current["status"] not in allowed_from:
-                return False, current
-            new_status = fields.get("status", current["status"])
-            # Terminal states are sticky; a stalled job may still be settled (or re-attached) later.
-            if current["status"] in TERMINAL and new_status != current["status"]:
-                log.warning("job %s is %s; refusing to change it to %s", job_id, current["status"], new_status)
-                return False, current
-            record = {**current, **fields}
-            if current["status"] == "stalled" and new_status != "stalled":
-                if "status_reason" not in fields:
-                    record["status_reason"] = None
-                if "finished_at" not in fields:  # the stall's decision time is not when it ended
-                    record["finished_at"] = None
-            started = _timestamp(fields.get("started_at"))
-            if started and current["started_at"] and epoch_from_iso(current["started_at"]) < epoch_from_iso(started):
-                record["started_at"] = current["started_at"]  # a start time never moves forward
-            self._settle(record, fields)
-            changed = {k: v for k, v in record.items() if k != "id" and (k in fields or v != current.get(k))}
-            if changed:
-                columns, graph_json = self._columns(changed)
-                assignments = ", ".join(f"{name} = ?" for name in columns)
-                conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
-            if "graph" in changed:
-                self._put_graph(conn, job_id, graph_json)
+        applied, job = self._transact(lambda conn, retried: self._change_in(conn, job_id, allowed_from, fields))
+        return applied, (self._wrote(job) if applied and job else job)
+
+    def _wrote(self, job: dict) -> dict:
+        """PostgreSQL: keep what was written, so that the views show it while the server is down."""
+        if self._pg_url:
+            self._written[job["id"]] = (self._generation, dict(job))
+        return job
+
+    def _from_memory(self, cached: list[dict]) -> list[dict]:
+        """The last active list read, with the records written since, in the store's run order."""
+        jobs = {job["id"]: job for job in cached}
+        for job_id, (_, job) in self._written.items():
+            if job["status"] in ACTIVE:
+                jobs[job_id] = job
+            else:
+                jobs.pop(job_id, None)
+        return sorted(jobs.values(), key=lambda j: (j["status"] != "running", j.get("number") is None,
+                                                     j.get("number") or 0, j.get("queued_at") or ""))
+
+    def _change_in(self, conn, job_id, allowed_from, fields) -> tuple[bool, dict | None]:
+        row = conn.execute(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return False, None
+        current = _row_to_job(row, _BRIEF_NAMES)
+        if allowed_from is not None and current["status"] not in allowed_from:
+            return False, current
+        new_status = fields.get("status", current["status"])
+        # Terminal states are sticky; a stalled job may still be settled (or re-attached) later.
+        if current["status"] in TERMINAL and new_status != current["status"]:
+            log.warning("job %s is %s; refusing to change it to %s", job_id, current["status"], new_status)
+            return False, current
+        record = {**current, **fields}
+        if current["status"] == "stalled" and new_status != "stalled":
+            if "status_reason" not in fields:
+                record["status_reason"] = None
+            if "finished_at" not in fields:  # the stall's decision time is not when it ended
+                record["finished_at"] = None
+        started = _timestamp(fields.get("started_at"))
+        if started and current["started_at"] and epoch_from_iso(current["started_at"]) < epoch_from_iso(started):
+            record["started_at"] = current["started_at"]  # a start time never moves forward
+        self._settle(record, fields)
+        changed = {k: v for k, v in record.items() if k != "id" and (k in fields or v != current.get(k))}
+        if changed:
+            columns, graph_json = self._columns(changed)
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
+        if "graph" in changed:
+            self._put_graph(conn, job_id, graph_json)
         record.pop("graph", None)
         return True, json.loads(_dumps(record))   # as get() would return it (JSON round trip)
 
     def status(self, job_id) -> str | None:
         """Just the status (None if unknown): what per-message checks need, without parsing a record."""
-        rows = self._query("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        try:
+            rows = self._query("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        except StoreUnavailable:
+            return self._remembered(job_id)["status"]
         return rows[0]["status"] if rows else None
 
     def get(self, job_id, graph: bool = True) -> dict | None:
         if not graph:
-            rows = self._query(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            try:
+                rows = self._query(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            except StoreUnavailable:
+                return dict(self._remembered(job_id))
             return _row_to_job(rows[0], _BRIEF_NAMES) if rows else None
         job = self.get(job_id, graph=False)
+        if job and not self._available:
+            return {**job, "graph": None}
         return self._with_graphs([job])[0] if job else None
+
+    def _remembered(self, job_id) -> dict:
+        """PostgreSQL is down: an active job as last read (the views keep working), else StoreUnavailable."""
+        if job_id in self._written:
+            return self._written[job_id][1]
+        for job in (self._active_brief or (0, []))[1]:
+            if job["id"] == job_id:
+                return job
+        raise StoreUnavailable(f"PostgreSQL at {self.path} is not answering")
 
     def assign_host(self, name: str) -> int:
         """Give jobs recorded before the fleet (no host) to `name`, the first configured host."""
-        with self._write() as conn:
-            return conn.execute("UPDATE jobs SET host = ? WHERE host IS NULL", (name,)).rowcount
+        return self._transact(lambda conn, retried: conn.execute(
+            "UPDATE jobs SET host = ? WHERE host IS NULL", (name,)).rowcount)
 
     @property
     def generation(self) -> int:
@@ -418,13 +684,21 @@ class JobStore:
             return self._with_graphs([_row_to_job(r, _BRIEF_NAMES) for r in rows])
         # The brief list is what the queue API, the cards and the reconciler read, often and unchanged
         # between writes: parsed once per store generation, handed out as shallow copies.
-        with self._lock:
-            cached = self._active_brief
-            if cached is None or cached[0] != self._generation:
-                rows = self._conn.execute(
-                    f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE status IN ('running', 'queued') "
-                    "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid").fetchall()
-                cached = self._active_brief = (self._generation, [_row_to_job(r, _BRIEF_NAMES) for r in rows])
+        # PostgreSQL: readers do not take the store lock (a writer may be waiting for the server); a monitor
+        # without the lease reads afresh (the active one writes), and one that lost the server serves the cache.
+        generation = self._generation
+        cached = self._active_brief
+        if cached is None or cached[0] != generation or not self._lease_held:
+            try:
+                rows = self._query(f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE status IN ('running', 'queued') "
+                                   "ORDER BY status = 'running' DESC, number IS NULL, number, queued_at, rowid")
+            except StoreUnavailable:
+                if cached is None:
+                    raise
+                return [dict(job) for job in self._from_memory(cached[1])]
+            cached = self._active_brief = (generation, [_row_to_job(r, _BRIEF_NAMES) for r in rows])
+            if self._written:
+                self._written = {k: v for k, v in self._written.items() if v[0] > generation}
         return list(cached[1]) if shared else [dict(job) for job in cached[1]]
 
     def history(self, limit=50, status=None, graph: bool = True) -> list[dict]:
@@ -436,11 +710,23 @@ class JobStore:
             where, params = "status = ?", (status,)
         else:
             raise ValueError(f"history status must be one of {', '.join(sorted(FINISHED))}, got {status!r}")
-        rows = self._query(
-            f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE {where} "
-            "ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit))
-        jobs = [_row_to_job(r, _BRIEF_NAMES) for r in rows]
-        return self._with_graphs(jobs) if graph else jobs
+        key = (limit, status, graph)
+        try:
+            rows = self._query(
+                f"SELECT {_BRIEF_COLUMNS} FROM jobs WHERE {where} "
+                "ORDER BY COALESCE(finished_at, queued_at) DESC, rowid DESC LIMIT ?", (*params, limit))
+            jobs = [_row_to_job(r, _BRIEF_NAMES) for r in rows]
+            jobs = self._with_graphs(jobs) if graph else jobs
+        except StoreUnavailable:
+            if key not in self._history_seen:
+                raise
+            return [dict(job) for job in self._history_seen[key]]
+        if self._pg_url:
+            if len(self._history_seen) > 16:
+                self._history_seen.clear()
+            self._history_seen[key] = jobs
+            return [dict(job) for job in jobs]
+        return jobs
 
     def history_versions(self, limit=50, status=None, before: str | None = None) -> tuple[list[tuple], str | None]:
         """One page of finished jobs, newest first, after the cursor `before` (from the previous page), as
@@ -483,20 +769,23 @@ class JobStore:
         if not rows:
             return
         now = utcnow_iso()
-        with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO node_timings (job_id, host, node_id, class_type, cost, signature, steps, pixels, "
-                "seconds, cached, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(job_id, r["host"], r["node_id"], r["class_type"], r["cost"], r["signature"], r.get("steps"),
-                  r.get("pixels"), r["seconds"], 1 if r["cached"] else 0, now) for r in rows])
+
+        def work(conn, _retried):
+            for r in rows:
+                conn.execute(
+                    "INSERT INTO node_timings (job_id, host, node_id, class_type, cost, signature, steps, pixels, "
+                    "seconds, cached, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, r["host"], r["node_id"], r["class_type"], r["cost"], r["signature"], r.get("steps"),
+                     r.get("pixels"), r["seconds"], 1 if r["cached"] else 0, now))
             last = conn.execute("SELECT MAX(id) FROM node_timings").fetchone()[0] or 0
             if last > self.TIMINGS_KEEP:
                 conn.execute("DELETE FROM node_timings WHERE id <= ?", (last - self.TIMINGS_KEEP,))
+        self._transact(work)
 
     def timings(self, limit: int = 50_000) -> list[dict]:
         """The newest recorded node timings, oldest first (what an Estimator is loaded with)."""
         rows = self._query("SELECT * FROM (SELECT job_id, host, node_id, class_type, cost, signature, steps, "
-                           "pixels, seconds, cached, id FROM node_timings ORDER BY id DESC LIMIT ?) ORDER BY id",
+                           "pixels, seconds, cached, id FROM node_timings ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
                            (int(limit),))
         return [dict(r) for r in rows]
 
@@ -517,12 +806,13 @@ def prune_step(store: "JobStore", *, keep_days: float, keep_jobs: int, graph_bud
     done = {"deleted": 0, "graphs_dropped": 0}
     excess = store._query(f"SELECT COUNT(*) AS n FROM jobs WHERE {_FINISHED_SQL}")[0]["n"] - keep_jobs
     if excess > 0:
-        with store._write() as conn:
+        def delete(conn, retried):
             ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {_FINISHED_SQL} "
                                               f"ORDER BY {_AGE_SQL}, rowid LIMIT ?", (min(batch, excess),))]
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"DELETE FROM job_graphs WHERE id IN ({marks})", ids)
-            done["deleted"] = conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
+            return conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
+        done["deleted"] = store._transact(delete)
         return done
     old, size = [], 0
     for row in store._query(f"SELECT id, graph_bytes FROM jobs WHERE {_FINISHED_SQL} AND graph_bytes IS NOT NULL "
@@ -542,14 +832,16 @@ def prune_step(store: "JobStore", *, keep_days: float, keep_jobs: int, graph_bud
                 if len(old) >= batch or size >= BATCH_BYTES:
                     break
     if old:
-        with store._write() as conn:
+        def drop(conn, retried):
             marks = ", ".join("?" for _ in old)
             conn.execute(f"DELETE FROM job_graphs WHERE id IN ({marks})", old)
-            done["graphs_dropped"] = conn.execute(
-                f"UPDATE jobs SET graph_bytes = NULL WHERE id IN ({marks})", old).rowcount
+            return conn.execute(f"UPDATE jobs SET graph_bytes = NULL WHERE id IN ({marks})", old).rowcount
+        done["graphs_dropped"] = store._transact(drop)
         return done
     # Nothing left to drop: hand freed pages back, a few megabytes at a time (a no-op unless the database
-    # was created with auto_vacuum=INCREMENTAL, as new ones are).
+    # was created with auto_vacuum=INCREMENTAL, as new ones are). PostgreSQL's autovacuum does its own.
+    if store.shared:
+        return done
     free = store._query("PRAGMA freelist_count")[0][0]
     if free and store._query("PRAGMA auto_vacuum")[0][0] == 2:
         with store._lock:
@@ -571,6 +863,7 @@ class EventBus:
         # Trim in batches: at most keep + trim_every - 1 rows are ever kept.
         self._trim_every = max(1, min(100, self.keep // 10))
         self._since_trim = 0
+        self._last_emitted = 0
         self._trim(self.last_seq())
 
     def emit(self, kind, message, severity="info", data=None) -> dict:
@@ -578,11 +871,10 @@ class EventBus:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
         event = {"seq": None, "ts": utcnow_iso(), "kind": str(kind), "severity": severity,
                  "message": str(message), "data": data if data is not None else {}}
-        with self.store._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO events (ts, kind, severity, message, data) VALUES (?, ?, ?, ?, ?)",
-                (event["ts"], event["kind"], severity, event["message"], _dumps(event["data"])))
-            event["seq"] = cursor.lastrowid
+        event["seq"] = self.store._transact(lambda conn, retried: conn.execute(
+            "INSERT INTO events (ts, kind, severity, message, data) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+            (event["ts"], event["kind"], severity, event["message"], _dumps(event["data"]))).fetchone()[0])
+        self._last_emitted = max(self._last_emitted, event["seq"])
         self._since_trim += 1
         if self._since_trim >= self._trim_every:
             self._trim(event["seq"])
@@ -597,18 +889,31 @@ class EventBus:
     def _trim(self, last: int) -> None:
         self._since_trim = 0
         if last > self.keep:
-            with self.store._write() as conn:
-                conn.execute("DELETE FROM events WHERE seq <= ?", (last - self.keep,))
+            self.store._transact(lambda conn, retried: conn.execute(
+                "DELETE FROM events WHERE seq <= ?", (last - self.keep,)))
 
     def since(self, seq, limit=500) -> list[dict]:
         """Events with seq greater than the cursor, oldest first."""
-        rows = self.store._query(
-            "SELECT seq, ts, kind, severity, message, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (int(seq or 0), max(0, int(limit))))
+        try:
+            rows = self.store._query(
+                "SELECT seq, ts, kind, severity, message, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(seq or 0), max(0, int(limit))))
+        except StoreUnavailable:
+            return []   # a reconnecting page replays them once the database answers
         return [{"seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "severity": r["severity"],
                  "message": r["message"], "data": json.loads(r["data"]) if r["data"] else {}} for r in rows]
 
     def last_seq(self) -> int:
-        """The last seq ever issued (kept by SQLite's AUTOINCREMENT even when its row was trimmed)."""
+        """The last seq ever issued (kept by SQLite's AUTOINCREMENT, or PostgreSQL's identity sequence, even
+        when its row was trimmed)."""
+        if self.store.shared:
+            try:
+                last = db.pg_last_sequence(self.store._pool, "events", "seq")
+            except Exception as exc:  # noqa: BLE001
+                if not db.pg_retryable(exc):
+                    raise
+                last = self._last_emitted
+            self._last_emitted = max(self._last_emitted, last)
+            return self._last_emitted
         rows = self.store._query("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
         return int(rows[0]["seq"]) if rows else 0

@@ -66,7 +66,7 @@ class Metrics:
             for job in self.fleet.store.active(graph=False):
                 counts = queue.setdefault(job.get("host") or self.fleet.hosts[0].name, {"running": 0, "queued": 0})
                 counts["running" if job["status"] == "running" else "queued"] += 1
-            db_up = True
+            db_up = self.fleet.store.available   # False while PostgreSQL is down (the list is the cached one)
         except Exception:  # noqa: BLE001 - the database is down: say so, keep the last queue figures
             queue, db_up = self.snapshot["queue"], False
         for host in self.fleet.hosts:

@@ -268,6 +268,8 @@ class Host:
     def submit(self, prompt: dict, *, workflow_id: str | None = None, workflow_name: str | None = None,
                params: dict | None = None, seeds: list | None = None, job_folder: str | None = None,
                prompt_id: str | None = None, routed: str | None = None) -> dict:
+        if not self.store.available:
+            raise SubmitError(503, "the job database is not answering; nothing was submitted, try again shortly")
         if not self.listener.connected:
             # Without our socket open, ComfyUI would send this job's messages to nobody.
             raise SubmitError(503, "ComfyUI is not connected; try again when the monitor shows LIVE")
@@ -989,40 +991,8 @@ class _HostEvents:
                               data={**(data or {}), "host": self._name})
 
 
-class DataDirBusy(SystemExit):
-    pass
-
-
-def _lock_data_dir(data_dir: str):
-    """Two monitors on one data dir would share one ComfyUI client id, and ComfyUI silently stops
-    delivering to both sockets (PROTOCOL.md §2.2): refuse the second one."""
-    import fcntl
-    fh = open(os.path.join(data_dir, "monitor.lock"), "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise DataDirBusy(f"another monitor is already using the data dir {os.path.abspath(data_dir)}; "
-                          "stop it or give this one its own MONITOR_DATA_DIR")
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
-
-
-def _load_client_id(data_dir: str, host: str | None = None) -> str:
-    """One fixed client id per host and data dir, so a restarted monitor keeps receiving its prompts' messages.
-    The first host's is `client_id` (as before the fleet); another host's `client_id.<name>`."""
-    path = os.path.join(data_dir, "client_id" if host is None else f"client_id.{host}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = fh.read().strip()
-        if value:
-            return value
-    except FileNotFoundError:
-        pass
-    value = f"monitor-{uuid.uuid4().hex}"
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(value)
-    return value
+def _load_client_id(store: JobStore, host: str | None = None) -> str:
+    """One fixed client id per host and database, so a restarted monitor keeps receiving its prompts' messages.
+    The first host's is kept as `client_id` (as before the fleet); another host's as `client_id.<name>`."""
+    return store.kept_value("client_id" if host is None else f"client_id.{host}",
+                            lambda: f"monitor-{uuid.uuid4().hex}")

@@ -14,6 +14,7 @@ from monitor.web.server import make_server
 import recordings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATABASE_URL: str | None = None   # set by conftest's `backend` fixture: PostgreSQL instead of SQLite
 
 
 def recorded_prompt(scenario: str = "01b_happy_path_feature_flags", index: int = 0) -> dict:
@@ -32,14 +33,14 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
 
 
 class LiveServer:
-    def __init__(self, fake, data_dir: str, **config):
+    def __init__(self, fake, data_dir: str, wait_connected: bool = True, **config):
         self.fake = fake
         self.data_dir = data_dir
         self.overrides = config
         self.port = 0
         self.server = None
         self.app = None
-        self.start_app()
+        self.start_app(wait_connected)
 
     @property
     def url(self) -> str:
@@ -53,7 +54,7 @@ class LiveServer:
         settings = dict(comfyui_url=self.fake.url, data_dir=self.data_dir, host="127.0.0.1", port=0,
                         workflows_dir=os.path.join(ROOT, "workflows"), reconcile_interval=0.5,
                         reconnect_min=0.1, reconnect_max=1.0, telemetry_interval=0.5, hub_tick=0.15,
-                        testing=True)
+                        testing=True, database_url=DATABASE_URL)
         settings.update(self.overrides)
         self.app = create_app(Config(**settings))
         # The production server (web/server.py), bound to loopback whatever config.host says.

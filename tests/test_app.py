@@ -10,7 +10,7 @@ import pytest
 
 from monitor import create_app
 from monitor.config import Config
-from monitor.service import DataDirBusy
+from monitor.jobs import DataDirBusy
 from monitor.web.security import InsecureConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 
 import gevent
+import pytest
 import requests
 
 from fake_comfy import FakeComfy
 from live import LiveServer, recorded_prompt, wait_for
 from monitor import reconciler
 from monitor.timeutil import epoch_from_iso, iso_from_epoch_ms
+
+# Every test here runs against SQLite and PostgreSQL (conftest's `backend`).
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,9 @@ from live import LiveServer, recorded_prompt, wait_for
 
 JPEG, PNG = b"\xff\xd8", b"\x89PNG"
 
+# Every test here runs against SQLite and PostgreSQL (conftest's `backend`).
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 class Browser:
     """A browser-like /api/run/ws client that records every frame in order."""

@@ -188,14 +188,18 @@ def workflows():
 @bp.get("/healthz")
 def healthz():
     m = mon()
+    if m.standby:   # another monitor holds the database's lease: this one waits to take over
+        return jsonify({"ok": False, "status": "standby"}), 503
     comfy = m.comfy_state()
     try:
         m.store.get("healthz-probe")
-        db_ok = True
+        db_ok = m.store.available
     except Exception:
         db_ok = False
     ok = db_ok and comfy["connected"]   # several hosts: connected while any one is
     body = {"ok": ok}
+    if not db_ok:
+        body["status"] = "database down"
     if authenticated():   # a supervisor without credentials learns only ok / not ok
         body.update({"db": "ok" if db_ok else "error",
                      "comfy": {k: comfy.get(k) for k in ("connected", "since", "last_message_at", "listener_age_s",
