@@ -4,11 +4,12 @@
 import { $, S, cfg } from "./state.js";
 import { refresh } from "./fragments.js";
 import { refreshOverlay } from "./overlay.js";
+import { downPollS } from "./live.js";
 
 let pollTimer = null;
 let gaugesTimer = null;
 
-function pollPeriodMs() { return (S.wsOpen ? cfg.pollS : Math.max(3, cfg.pollS / 2)) * 1000; }
+function pollPeriodMs() { return (S.wsOpen ? cfg.pollS : downPollS()) * 1000; }
 
 function startCountdown(ms) {
   const fill = $("live-bar-fill");

@@ -2,7 +2,7 @@
    "done in", ticking down between updates and corrected by each progress message (their "estimate"); the
    Recent section refreshed (morph) when a job finishes; "Run again" in the overlay. Follows the socket's
    stream through the monitor:progress / monitor:event DOM events (messages.js). */
-import { TERMINAL } from "./state.js";
+import { S, TERMINAL } from "./state.js";
 import { toast } from "./format.js";
 import { openOverlay } from "./overlay.js";
 
@@ -66,7 +66,7 @@ function renderCards() {
   }
 }
 
-function tick() { renderCurrent(); renderCards(); }
+function tick() { if (!S.stale) { renderCurrent(); renderCards(); } }
 
 function setAttr(el, name, value) {
   var v = value == null ? "" : String(value);

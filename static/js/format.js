@@ -1,5 +1,5 @@
 /* Formatting helpers: durations, the viewer's local times, ticking elapsed counters, the toast. */
-import { $ } from "./state.js";
+import { $, S } from "./state.js";
 
 export function fmtDuration(s) {
   if (s == null || !isFinite(s) || s < 0) return "";
@@ -39,6 +39,7 @@ export function localizeTimes(root) {
 }
 
 export function tickElapsed() {
+  if (S.stale) return;   // the server is out of reach: a counter that keeps going would pretend otherwise
   const now = Date.now();
   for (const el of document.querySelectorAll("[data-since]")) {
     const t = Date.parse(el.dataset.since);

@@ -8,7 +8,8 @@ import { initHtmxHooks, initMorphRules, refreshJobs, refreshSoon } from "./fragm
 import { initSocket, reconnectNow, send } from "./socket.js";
 import { setLive } from "./live.js";
 import { handleMessage } from "./messages.js";
-import { afterSwap, initPanels } from "./panels.js";
+import { afterSwap, initPanels, retitle } from "./panels.js";
+import { initHealth, sawUpdate, socketClosed, socketOpened } from "./health.js";
 import { handleBinary, initPreviewToggle, sendPreviewState } from "./preview.js";
 import { initOverlay, refreshOverlay } from "./overlay.js";
 import { initCards } from "./cards.js";
@@ -26,6 +27,7 @@ function start() {
   initCards();
   initPanels();
   initEta();
+  initHealth(() => { retitle(); tickElapsed(); });
 
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) {
@@ -54,17 +56,17 @@ function start() {
   setLive();
   initSocket({
     open(reconnect) {
-      setLive();
+      socketOpened();
       sendPreviewState();
       if (reconnect && S.lastSeq != null) send({ type: "resume", last_seq: S.lastSeq });
       if (reconnect) { refreshJobs(); refreshSoon("gauges"); refreshOverlay(); }
       restartPoll();
     },
-    text: handleMessage,
+    text(msg) { sawUpdate(); handleMessage(msg); },
     binary: handleBinary,
-    close() {
+    close(wasOpen) {
       S.pendingPreview = null;
-      setLive();
+      socketClosed(wasOpen);
       restartPoll();
     },
   });

@@ -162,11 +162,14 @@ export function jobEnded(id) {
 
 export function setTitle(p) {
   let t = TITLE;
-  if (p && p.status === "running" && p.percent != null && !p.indeterminate && isFinite(p.percent)) {
+  if (p && !S.stale && p.status === "running" && p.percent != null && !p.indeterminate && isFinite(p.percent)) {
     t = "(" + Math.round(Math.max(0, Math.min(100, p.percent))) + "%) " + TITLE;
   }
   if (document.title !== t) document.title = t;
 }
+
+/* The title for the job followed now (after staleness ends, say). */
+export function retitle() { setTitle(multi ? (S.shown ? S.runs[S.shown] : null) : S.latest); }
 
 function field(panel, name) { return panel.querySelector('[data-f="' + name + '"]'); }
 function setText(el, text) {

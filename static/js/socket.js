@@ -52,8 +52,9 @@ function connect() {
   sock.onclose = () => {
     if (ws !== sock) return;
     ws = null;
+    const wasOpen = S.wsOpen;
     S.wsOpen = false;
-    hooks.close();
+    hooks.close(wasOpen);
     scheduleReconnect();
   };
   sock.onerror = () => { /* onclose follows */ };

@@ -34,6 +34,9 @@ export const S = {
   picked: null,           // the panel the viewer last clicked or focused (its prompt id)
   shown: null,            // the job the Preview and strip follow now (several hosts)
   overlayId: null,
+  lastUpdate: 0,          // ms epoch of the last socket message or successful request
+  pollState: null,        // since the socket went down: null (no poll yet), "ok" or "failed"
+  stale: false,           // the socket is down and a poll failed: what the page shows may be old
 };
 
 /* The Current Job panel(s): one host's #current, or one panel per running job of several hosts. */
