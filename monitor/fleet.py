@@ -162,7 +162,11 @@ class Fleet:
         for host in self.hosts:
             st = host.listener.status()
             counts = host.active_counts()
-            error = host.answer_error if st["connected"] else (st["last_error"] or "not connected yet")
+            # A short sentence for people; the exception text is in the log (listener, service).
+            if st["connected"]:
+                error = "ComfyUI's /queue answer is unreadable (details in the log)" if host.answer_error else None
+            else:
+                error = "ComfyUI unreachable" if st["last_error"] else "not connected yet"
             out.append({
                 "name": host.name, "url": host.spec.base, "connected": st["connected"],
                 "since": iso_from_epoch(st["connected_since"]),

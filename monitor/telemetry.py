@@ -188,6 +188,31 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
+def _unreadable(what: str, exc: BaseException) -> str:
+    """A gauge's reason is a short sentence for people; the exception goes to the log."""
+    log.warning("telemetry: %s could not be read: %s", what, _short(exc))
+    return "could not be read (details in the log)"
+
+
+class _Outage:
+    """Since when ComfyUI has not answered /system_stats: the gauges' reason ("ComfyUI unreachable since
+    14:02 UTC"); the exception is logged once per outage, not shown."""
+
+    def __init__(self, who: str):
+        self.who, self.since = who, None
+
+    def failed(self, exc: BaseException) -> str:
+        if self.since is None:
+            self.since = time.time()
+            log.warning("telemetry: %s /system_stats failed: %s", self.who, _short(exc))
+        else:
+            log.debug("telemetry: %s /system_stats still failing: %s", self.who, _short(exc))
+        return "ComfyUI unreachable since " + time.strftime("%H:%M UTC", time.gmtime(self.since))
+
+    def ok(self) -> None:
+        self.since = None
+
+
 # --- RAM and disk ----------------------------------------------------------------------------------
 
 def _read_int(path):
@@ -248,6 +273,7 @@ class Telemetry:
         self._gpu_job_started = None
         self._gpu = {"source": None, "reason": "not sampled yet", "devices": [], "sampled_at": None}
         self._history = {}            # (source, index) -> {"load": deque, "memory": deque}
+        self._outage = _Outage(getattr(comfy, "base", None) or "ComfyUI")
         pending = "not sampled yet"
         self._snapshot = self._compose(
             None, {"percent": None, "count": None, "reason": pending},
@@ -293,7 +319,7 @@ class Telemetry:
         try:
             percent, count = psutil.cpu_percent(interval=None), psutil.cpu_count()
         except Exception as exc:  # noqa: BLE001
-            return {"percent": None, "count": None, "reason": _short(exc)}
+            return {"percent": None, "count": None, "reason": _unreadable("CPU", exc)}
         if not self._cpu_primed:
             self._cpu_primed = True
             return {"percent": None, "count": count, "reason": "warming up: needs a second reading"}
@@ -304,7 +330,7 @@ class Telemetry:
             vm = psutil.virtual_memory()
         except Exception as exc:  # noqa: BLE001
             return {"used": None, "total": None, "percent": None, "limited_by": None,
-                    "reason": _short(exc)}
+                    "reason": _unreadable("RAM", exc)}
         used, total, limited_by = vm.total - vm.available, vm.total, None
         group = cgroup_memory(self.cgroup_root)
         if group is not None and 0 < group[1] < total:
@@ -323,7 +349,7 @@ class Telemetry:
         try:
             du = psutil.disk_usage(target["path"])
         except Exception as exc:  # noqa: BLE001
-            return {**target, "used": None, "total": None, "percent": None, "reason": _short(exc)}
+            return {**target, "used": None, "total": None, "percent": None, "reason": _unreadable("disk", exc)}
         return {**target, "used": int(du.used), "total": int(du.total),
                 "percent": round(du.percent, 1), "reason": None}
 
@@ -340,7 +366,8 @@ class Telemetry:
         try:
             devices, reason = job.get()
         except Exception as exc:  # noqa: BLE001 - e.g. nvidia-smi printed an error GPUtil can't parse
-            devices, reason = [], f"nvidia-smi output not understood: {_short(exc)}"
+            log.warning("telemetry: nvidia-smi output not understood: %s", _short(exc))
+            devices, reason = [], "nvidia-smi output not understood (details in the log)"
         source = "nvidia-smi" if devices else None
         if not devices and self.comfy is not None:
             devices, reason, source = self._ask_comfy(reason)
@@ -354,7 +381,8 @@ class Telemetry:
             with gevent.Timeout(self.gpu_timeout, TimeoutError(f"no answer in {self.gpu_timeout:g} s")):
                 stats = self.comfy.system_stats()
         except Exception as exc:  # noqa: BLE001
-            return [], f"{why_not_nvidia}; ComfyUI /system_stats failed: {_short(exc)}", None
+            return [], f"{why_not_nvidia}; {self._outage.failed(exc)}", None
+        self._outage.ok()
         devices, reason = _comfy_devices(stats if isinstance(stats, dict) else {})
         return devices, reason, ("comfyui" if devices else None)
 
@@ -410,6 +438,7 @@ class RemoteTelemetry:
         self._greenlet: gevent.Greenlet | None = None
         self._node_retry_at = 0.0
         self._history: dict[int, dict[str, deque]] = {}
+        self._outage = _Outage(getattr(comfy, "base", None) or "remote ComfyUI")
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -440,7 +469,9 @@ class RemoteTelemetry:
         try:
             stats = self.comfy.system_stats()
         except Exception as exc:  # noqa: BLE001 - unreachable or unreadable: every gauge says why
-            stats, why = None, f"ComfyUI /system_stats failed: {_short(exc)}"
+            stats, why = None, self._outage.failed(exc)
+        else:
+            self._outage.ok()
         if stats is not None:
             devices, gpu_reason = _comfy_devices(stats)
             system = stats.get("system") if isinstance(stats.get("system"), dict) else {}

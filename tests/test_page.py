@@ -121,7 +121,7 @@ def test_live_indicator_green_amber_green_and_offline(live_server, page):
 
     live_server.fake.stop(abrupt=True)           # ComfyUI itself dies: the server says so
     page.wait_live("offline")
-    assert p.locator("#live-text").inner_text() == "OFFLINE"
+    assert p.locator("#live-text").inner_text() == "ComfyUI OFFLINE"
     live_server.fake.start()
     page.wait_live("live")
     # While the server is down the browser reports the refused socket and the failed fallback polls

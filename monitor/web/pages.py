@@ -20,7 +20,7 @@ from .fragments import FragmentCache
 
 bp = Blueprint("pages", __name__)
 
-# How long (seconds) the page keeps a finished job's card on screen with its final badge (read by queue.js).
+# How long (seconds) the page keeps a finished job's card on screen with its final badge (read by static/js/cards.js).
 LINGER_S = 6
 # Fallback poll of the card list, in seconds (the countdown bar in the LIVE indicator).
 POLL_S = 10
