@@ -45,7 +45,7 @@ def test_1_a_rebinding_host_reaches_no_route_and_no_websocket(fake_comfy, live_s
         ("get", "/api/admin/queue", {}),
         ("get", "/admin/queue", {}),
         ("get", "/healthz", {}),
-        ("get", "/static/queue.js", {}),
+        ("get", "/static/js/main.js", {}),
         ("get", "/no/such/page", {}),
     ]
     for method, path, kw in calls:

@@ -1,0 +1,66 @@
+/* Server-rendered fragments (htmx + idiomorph): refresh triggers, the morph rules that keep what the client
+ * owns, and htmx's swap/error hooks. */
+import { $, S, multi } from "./state.js";
+
+const refreshTimers = {};
+export function refresh(id) {
+  const el = $(id);
+  if (el && window.htmx) htmx.trigger(el, "refresh");
+}
+export function refreshSoon(id, ms) {
+  if (refreshTimers[id]) return;
+  refreshTimers[id] = setTimeout(() => { refreshTimers[id] = null; refresh(id); }, ms == null ? 80 : ms);
+}
+export function refreshJobs() {
+  refreshSoon("cards");
+  refreshSoon("current");
+}
+/* After a job event, refresh now and once more a little later: queue positions come from the server's
+ * next reconcile of ComfyUI's queue, which trails the event by up to a few seconds. */
+let settleTimer = null;
+export function refreshJobsAndSettle() {
+  refreshJobs();
+  clearTimeout(settleTimer);
+  settleTimer = setTimeout(() => { settleTimer = null; refresh("cards"); }, 2500);
+}
+
+/* Fragments are swapped with idiomorph. Two things the page owns on the client survive a swap:
+ * localised <time> texts and ticking elapsed counters (when the server value did not change), and a
+ * finished job's card while it lingers with its final badge. */
+export function initMorphRules() {
+  if (!(window.Idiomorph && Idiomorph.defaults && Idiomorph.defaults.callbacks)) return;
+  Idiomorph.defaults.callbacks.beforeNodeMorphed = (oldNode, newNode) => {
+    if (oldNode.nodeType !== 1 || !newNode || newNode.nodeType !== 1) return;
+    if (oldNode.classList.contains("is-lingering")) return false;
+    // While the socket streams a job's progress, its live fields are fresher than any fragment.
+    if (S.wsOpen && oldNode.hasAttribute("data-f")) {
+      const panel = oldNode.closest(".current[data-job-id]");
+      const id = panel && panel.dataset.jobId;
+      if (id && (multi ? S.runs[id] : S.latest && id === S.latest.prompt_id)) return false;
+    }
+    if (oldNode.tagName === "TIME" && oldNode.hasAttribute("data-local") &&
+        oldNode.getAttribute("datetime") === newNode.getAttribute("datetime")) return false;
+    if (oldNode.hasAttribute("data-since") &&
+        oldNode.getAttribute("data-since") === newNode.getAttribute("data-since")) return false;
+  };
+  Idiomorph.defaults.callbacks.beforeNodeRemoved = (node) => {
+    if (node.nodeType === 1 && node.classList.contains("is-lingering")) return false;
+  };
+}
+
+export function initHtmxHooks(afterSwap) {
+  document.body.addEventListener("htmx:beforeSwap", (evt) => {
+    // The overlay shows its "not found" fragment (404) instead of keeping stale content.
+    const t = evt.detail.target;
+    if (evt.detail.xhr && evt.detail.xhr.status === 404 && t && t.closest && t.closest("#overlay")) {
+      evt.detail.shouldSwap = true;
+      evt.detail.isError = false;
+    }
+  });
+  document.body.addEventListener("htmx:responseError", (evt) => {
+    // Signed out or the session expired: reloading shows the sign-in page (token mode) or the browser's
+    // password prompt (password mode).
+    if (evt.detail.xhr && evt.detail.xhr.status === 401) location.reload();
+  });
+  document.body.addEventListener("htmx:afterSwap", afterSwap);
+}
