@@ -32,7 +32,7 @@ export function initMorphRules() {
     if (oldNode.nodeType !== 1 || !newNode || newNode.nodeType !== 1) return;
     // While the socket streams a job's progress, its live fields are fresher than any fragment.
     if (S.wsOpen && oldNode.hasAttribute("data-f")) {
-      const panel = oldNode.closest(".current[data-job-id]");
+      const panel = oldNode.closest(".current[data-job-id], #overlay-job[data-job-id]");
       const id = panel && panel.dataset.jobId;
       if (id && (multi ? S.runs[id] : S.latest && id === S.latest.prompt_id)) return false;
     }

@@ -200,7 +200,11 @@ function scheduleOutcome() {
   const el = document.querySelector("#current [data-outcome-left-s]");
   clearTimeout(outcomeTimer);
   outcomeTimer = null;
-  if (!el) return;
+  if (!el) {
+    // Nothing runs and no outcome is left to show: the last job's preview goes too.
+    if (document.getElementById("current-idle") && S.previewFor) clearPreview();
+    return;
+  }
   const ms = Math.max(500, Number(el.dataset.outcomeLeftS) * 1000 || 0);
   outcomeTimer = setTimeout(() => {
     outcomeTimer = null;
