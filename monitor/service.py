@@ -256,10 +256,10 @@ class Host:
         """Give the tracker each node's learned expected time, so the percent measures work done; any node
         unknown leaves the effective node count as the basis."""
         estimator = getattr(self.fleet, "estimator", None)
-        nodes = self.tracker.nodes_to_run(pid)
+        nodes = self.tracker.nodes_to_run(pid) if estimator is not None and self.name in estimator.hosts else None
         plan = self.tracker.plan(pid) if nodes else None
-        if estimator is None or plan is None:
-            return
+        if estimator is None or plan is None or self.name not in estimator.hosts:
+            return   # nothing learned on this host yet: the node count, without hashing the graph
         weights, graph, memo = {}, plan["graph"], {}
         sig = estimates.signature(graph)
         for node_id in nodes:

@@ -19,7 +19,10 @@ pytestmark = requires_chromium
 NOTIFICATIONS = """
     window.__notes = [];
     window.__perm = window.__perm || "granted";
-    window.Notification = class { constructor(t, o) { window.__notes.push([t, (o || {}).body, (o || {}).icon]); }
+    window.__noteObjs = [];
+    window.Notification = class { constructor(t, o) { window.__notes.push([t, (o || {}).body, (o || {}).icon]);
+                                                      window.__noteObjs.push(this); }
+                                  close() { this.closed = true; }
                                   static get permission() { return window.__perm; }
                                   static requestPermission() { return Promise.resolve(window.__perm); } };
 """
@@ -159,6 +162,12 @@ def test_a_failed_job_shows_its_one_line_reason_and_notifies_with_the_workflow_n
         page.wait_for_function("() => window.__notes.length > 0", timeout=10_000)
         title, body, _icon = page.evaluate("() => window.__notes")[0]
         assert title == "Doomed run — failed" and body.startswith("Doomed run failed: ")
+        # A click on it opens the job's overlay (and closes the notification).
+        page.evaluate("() => window.__noteObjs[0].onclick()")
+        page.wait_for_function("id => document.getElementById('overlay').open && "
+                               "document.querySelector('#overlay-job').dataset.jobId === id", arg=job["id"],
+                               timeout=10_000)
+        assert page.evaluate("() => window.__noteObjs[0].closed") is True
         assert errors == []
     finally:
         context.close()
