@@ -35,6 +35,7 @@ SAMPLER = """() => {
         const fill = cur.querySelector('[data-f="bar"] .bar-fill'), bar = cur.querySelector('[data-f="bar"]');
         const cards = [...document.querySelectorAll('#card-list > li')];
         const ov = document.querySelector('#overlay-job [data-f="percent"]');
+        const ovStep = document.querySelector('#overlay-job [data-f="step"]');
         window.__frames.push({
             job: cur.dataset.jobId || '',
             width: fill && bar ? fill.getBoundingClientRect().width / bar.getBoundingClientRect().width : null,
@@ -46,6 +47,8 @@ SAMPLER = """() => {
                 (c.querySelector('.badge') || {}).className || '')).length,
             panelPct: (cur.querySelector('[data-f="percent"]') || {}).textContent,
             overlayPct: ov ? ov.textContent : null,
+            panelStep: (cur.querySelector('[data-f="step"]') || {}).textContent,
+            overlayStep: ovStep ? ovStep.textContent : null,
         });
         window.__raf = requestAnimationFrame(tick);
     };
@@ -139,8 +142,9 @@ def test_numbers_agree_and_a_completed_job_shows_its_outcome_then_clears(server,
         assert followed, "the panel never showed a second job"
         # While the overlay was open it showed what the panel showed.
         both = [f for f in frames if f["overlayPct"] is not None and f["job"] == jobs[0]["id"]]
-        assert both and all(f["overlayPct"] == f["panelPct"] for f in both), \
-            [(f["overlayPct"], f["panelPct"]) for f in both if f["overlayPct"] != f["panelPct"]][:5]
+        assert both and all(f["overlayPct"] == f["panelPct"] and f["overlayStep"] == f["panelStep"] for f in both), \
+            [(f["overlayPct"], f["panelPct"], f["overlayStep"], f["panelStep"]) for f in both
+             if f["overlayPct"] != f["panelPct"] or f["overlayStep"] != f["panelStep"]][:5]
         # The tab was visible the whole time: the outcomes were on screen, so no notification.
         assert page.evaluate("() => window.__notes") == []
         assert errors == []
