@@ -127,10 +127,12 @@ class Estimator:
         self._by_cost: dict[tuple, deque] = {}     # (host, class, cost json) → seconds, uncached runs
         self._by_class: dict[tuple, deque] = {}    # (host, class) → (seconds, steps, pixels), uncached runs
         self._runs: dict[tuple, set] = {}          # (host, signature) → job ids recorded (newest SAMPLES)
+        self.hosts: set[str] = set()               # hosts with any recorded timing
 
     def add(self, rows: list[dict], job_id: str | None = None) -> None:
         for row in rows:
             host, cls = row["host"], row["class_type"]
+            self.hosts.add(host)
             _push(self._by_node, (host, row["signature"], row["node_id"]), (row["seconds"], bool(row["cached"])))
             runs = self._runs.setdefault((host, row["signature"]), set())
             if len(runs) < 1000:

@@ -201,6 +201,20 @@ class Fleet:
         running.sort(key=lambda job: (order.get(job.get("host"), len(order)), job.get("started_at") or ""))
         return [self._decorate(self.host_of(job), job, brief=True) for job in running]
 
+    def recent_outcomes(self, within_s: float, now: float | None = None) -> list[dict]:
+        """Each host's newest finished job if it ended less than `within_s` ago and nothing runs there since:
+        what the Current Job panel shows for a few seconds after a job ends (its outcome). Host order."""
+        now = time.time() if now is None else now
+        busy = {job.get("host") for job in self.store.active(graph=False) if job["status"] == "running"}
+        newest: dict = {}
+        for job in self.store.history(limit=2 * len(self.hosts) + 2, graph=False):
+            ended = epoch_from_iso(job.get("finished_at")) if job.get("finished_at") else None
+            if ended is None or now - ended > within_s or job.get("host") in busy or job.get("host") in newest:
+                continue
+            newest[job.get("host")] = self._decorate(self.host_of(job), job, brief=True)
+        order = {host.name: index for index, host in enumerate(self.hosts)}
+        return sorted(newest.values(), key=lambda job: order.get(job.get("host"), len(order)))
+
     def card_versions(self, limit: int | None = None) -> list[tuple[str, tuple, object]]:
         """The page's cards, as active_versions() gives them. One host: its run order. Several (each ComfyUI
         numbers its own queue): running jobs first in host order, then every host's queued jobs by the time

@@ -36,6 +36,7 @@ STALLED_RECHECK_S = 15.0
 STALLED_ASKS_PER_PASS = 10
 OUTPUTS_FLUSH_S = 1.0   # node outputs of running jobs reach the record at most this late
 HISTORY_TRIES = 3       # a superseded prompt's /history entry is written before the next starts; retry briefly
+WEIGHT_FLOOR_S = 0.01  # a node learned as instant still moves the bar a little when it finishes
 ESTIMATES_TTL_S = 0.25  # the host's queue estimates are recomputed at most this often (and on every store write)
 ESTIMATES_PUSHED = 100  # queued jobs whose changed "starts in" is pushed to browsers while a job runs
 
@@ -251,6 +252,24 @@ class Host:
             state["estimate"] = self.estimates().get(pid) or _unknown_estimate(state["status"])
         return state
 
+    def _weigh(self, pid: str) -> None:
+        """Give the tracker each node's learned expected time, so the percent measures work done; any node
+        unknown leaves the effective node count as the basis."""
+        estimator = getattr(self.fleet, "estimator", None)
+        nodes = self.tracker.nodes_to_run(pid) if estimator is not None and self.name in estimator.hosts else None
+        plan = self.tracker.plan(pid) if nodes else None
+        if estimator is None or plan is None or self.name not in estimator.hosts:
+            return   # nothing learned on this host yet: the node count, without hashing the graph
+        weights, graph, memo = {}, plan["graph"], {}
+        sig = estimates.signature(graph)
+        for node_id in nodes:
+            seconds = estimator.node(graph, node_id, self.name, sig, True, memo)[0]
+            if seconds is None:
+                self.tracker.set_weights(pid, None)
+                return
+            weights[node_id] = max(seconds, WEIGHT_FLOOR_S)
+        self.tracker.set_weights(pid, weights)
+
     def _record_timings(self, pid: str, graph) -> None:
         """A completed run seen start to end: its node timings become history for estimates."""
         estimator = getattr(self.fleet, "estimator", None)
@@ -460,11 +479,13 @@ class Host:
                 status = self._adopt_unknown(pid)["status"]
             if kind == "started":
                 self._mark_running(pid, data.get("started_at"))
+                self._weigh(pid)
             elif kind == "revived":
                 self._revive(pid, "ComfyUI sent its progress after all")
             elif kind == "cached":
                 # Stored when it arrives: a monitor restarted mid-run still knows which nodes will run.
                 self.store.update(pid, cached_nodes=list(data.get("nodes") or []))
+                self._weigh(pid)
             elif kind == "node_output":
                 # The tracker holds them while the job runs; the record gets them in batches (and in
                 # full when the job ends), so a graph with thousands of outputs costs no more per message.

@@ -48,7 +48,7 @@ class _Prompt:
     __slots__ = ("id", "graph", "outputs_to_execute", "number", "client_id", "status", "started",
                  "comfy_started", "finished", "updated", "cached", "cached_known", "effective", "done", "ps", "ps_running", "ps_finished", "node", "display",
                  "step", "step_node", "step_at", "intervals", "floor", "outputs", "frozen",
-                 "node_at", "timings", "timing_gap")
+                 "node_at", "timings", "timing_gap", "weights", "sums")
 
     def __init__(self, prompt_id: str, now: float):
         self.id = prompt_id
@@ -82,6 +82,10 @@ class _Prompt:
         self.node_at: float | None = None          # when the current node started (our clock)
         self.timings: dict[str, float] = {}        # node id → seconds it ran, for nodes seen start to end
         self.timing_gap = False                    # a reconnect mid-run: some node boundaries were missed
+        self.weights: dict[str, float] | None = None   # node id → expected seconds (learned), from set_weights
+        # (total weight, done weight, done count) over the effective nodes, kept up to date as nodes finish
+        # so the percent costs constant work per message; None = recompute once (the basis changed).
+        self.sums: list | None = None
 
 
 def _str(value) -> str | None:
@@ -201,7 +205,9 @@ class Tracker:
         if isinstance(cached, list):
             self._set_cached(p, cached)
         if isinstance(executed, list):
-            p.done.update(n for n in executed if isinstance(n, str))
+            for n in executed:
+                if isinstance(n, str):
+                    self._mark_done(p, n)
         if _num(started) is not None:
             p.comfy_started = _num(started)
             p.started = min(p.started, p.comfy_started) if p.started is not None else p.comfy_started
@@ -218,6 +224,28 @@ class Tracker:
         for p in self._prompts.values():
             if p.status == "running" and p.frozen is None:
                 p.timing_gap = True
+
+    def set_weights(self, prompt_id, weights: dict | None) -> None:
+        """Each node's share of the work: its expected seconds (learned durations). Used when every node
+        that runs has one; otherwise, or with None, each node counts one (the effective node count)."""
+        p = self._prompts.get(prompt_id) if _str(prompt_id) else None
+        if p is None or p.frozen is not None:
+            return
+        clean = None
+        if isinstance(weights, dict):
+            clean = {str(k): max(float(v), 0.0) for k, v in weights.items() if _num(v) is not None}
+        if clean != p.weights:
+            p.weights = clean or None
+            p.sums = None
+            self._touch(p)
+
+    def nodes_to_run(self, prompt_id) -> list[str] | None:
+        """The nodes of an unsettled prompt that will run (cached and instant ones excluded), None if unknown."""
+        p = self._prompts.get(prompt_id) if _str(prompt_id) else None
+        if p is None or p.frozen is not None:
+            return None
+        effective = self._effective(p)
+        return None if effective is None else sorted(effective)
 
     # --- messages ------------------------------------------------------------------------------
     def handle(self, msg_type: str, data: dict) -> list[Transition]:
@@ -319,7 +347,7 @@ class Tracker:
             value, maximum = _num(entry.get("value")) or 0.0, _num(entry.get("max")) or 0.0
             snapshot[nid] = (state, value, maximum)
             if state == "finished":
-                p.done.add(nid)
+                self._mark_done(p, nid)
             elif state == "running":
                 running = nid
         p.ps = snapshot
@@ -338,7 +366,7 @@ class Tracker:
         node = _str(data.get("node"))
         if p is None or node is None:
             return
-        p.done.add(node)
+        self._mark_done(p, node)
         self._end_timing(p, node)
         output = data.get("output")
         if isinstance(output, dict):
@@ -437,7 +465,7 @@ class Tracker:
         if node == p.node:
             return
         if p.node is not None and p.ps is None:
-            p.done.add(p.node)  # no progress_state from this server: the next node means this one ended
+            self._mark_done(p, p.node)  # no progress_state from this server: the next node means this one ended
         now = self._clock()
         if p.node is not None:
             self._end_timing(p, p.node, now)
@@ -482,6 +510,7 @@ class Tracker:
         effective = self._effective(p)
         if status == "completed" and effective:
             p.done |= effective
+            p.sums = None
         p.step_at = None
         p.intervals.clear()
         if self._running == p.id:
@@ -502,6 +531,7 @@ class Tracker:
             cached = set(p.cached)
             p.effective = {n for n in nodes if n not in cached
                            and graphs.class_type(p.graph, n) not in self.instant_types}
+            p.sums = None
         return p.effective
 
     def _percent(self, p: _Prompt) -> float | None:
@@ -515,24 +545,54 @@ class Tracker:
             if p.step is not None:
                 raw = 100.0 * p.step[0] / p.step[1]
         elif effective and (p.node in effective or p.step is not None or not p.done.isdisjoint(effective)):
-            raw = 100.0 * (len(p.done & effective) + self._partial(p, effective)) / len(effective)
+            total, done_w = self._sums(p, effective)[:2]
+            raw = 100.0 * (done_w + self._partial(p, effective)) / total
         if raw is None:
             return p.floor
         p.floor = min(max(raw, p.floor or 0.0), PERCENT_CAP)
         return p.floor
 
-    @staticmethod
-    def _partial(p: _Prompt, effective: set[str]) -> float:
-        """The unfinished share of the nodes that are part-way: progress_state's running nodes, else the
-        current node's steps. Constant work per message, whatever the size of the graph."""
+    def _partial(self, p: _Prompt, effective: set[str]) -> float:
+        """The unfinished work of the nodes that are part-way: progress_state's running nodes, else the
+        current node's steps, each fraction times the node's weight. Constant work per message, whatever
+        the size of the graph."""
+        weight = self._weight_of(p)
         partial = 0.0
         if p.ps is not None:
-            partial = sum(f for nid, f in p.ps_running.items() if nid in effective and nid not in p.done)
+            partial = sum(f * weight(nid) for nid, f in p.ps_running.items() if nid in effective and nid not in p.done)
         node = p.node
         if (node is not None and p.step is not None and node in effective and node not in p.done
                 and (p.ps is None or node not in p.ps)):
-            partial += min(max(p.step[0] / p.step[1], 0.0), 1.0)
+            partial += min(max(p.step[0] / p.step[1], 0.0), 1.0) * weight(node)
         return partial
+
+    @staticmethod
+    def _weight_of(p: _Prompt):
+        """A node's share of the work: its learned expected time when every node to run has one (the sums
+        say so), else 1 (the effective node count)."""
+        weights = p.weights if p.sums is not None and p.sums[3] else None
+        if weights is None:
+            return lambda node: 1.0
+        return lambda node: weights.get(node, 1.0)
+
+    def _sums(self, p: _Prompt, effective: set[str]) -> list:
+        """[total weight, done weight, done count, weighted?] of the effective nodes, computed once per basis."""
+        if p.sums is None:
+            weights = p.weights
+            weighted = bool(weights) and all(n in weights for n in effective) and sum(
+                weights[n] for n in effective) > 0
+            w = (lambda n: weights[n]) if weighted else (lambda n: 1.0)
+            done = p.done & effective
+            p.sums = [sum(w(n) for n in effective) or 1.0, sum(w(n) for n in done), len(done), weighted]
+        return p.sums
+
+    def _mark_done(self, p: _Prompt, node: str) -> None:
+        if node in p.done:
+            return
+        p.done.add(node)
+        if p.sums is not None and p.effective is not None and node in p.effective:
+            p.sums[1] += self._weight_of(p)(node)
+            p.sums[2] += 1
 
     def _it_per_s(self, p: _Prompt) -> float | None:
         seconds = sum(dt for dt, _ in p.intervals)
@@ -559,7 +619,7 @@ class Tracker:
             "eta_s": None if eta is None else round(eta, 1),
             "started_at": iso_from_epoch(p.comfy_started or p.started),
             "elapsed_s": None if p.started is None else round(max(end - p.started, 0.0), 1),
-            "nodes_done": (len(p.done & effective) if counted
+            "nodes_done": (self._sums(p, effective)[2] if counted
                            else p.ps_finished or len(p.done)),
             "nodes_total": len(effective) if counted else None,
             "nodes_uncertain": not counted,

@@ -66,7 +66,7 @@ def test_13_the_queue_page_works_under_its_csp_with_a_clean_console(slow_server,
         page.wait_for_selector("#overlay-job .bar-fill", timeout=10_000)
         page.keyboard.press("Escape")
         server.wait_status(job["id"], "completed", timeout=40)
-        page.wait_for_selector(f"#job-{job['id']}.is-lingering .badge-completed", timeout=10_000)
+        page.wait_for_selector("#current [data-outcome='completed']", timeout=10_000)
         page.evaluate("() => clearInterval(window.__t)")
         assert page.evaluate("() => window.__csp") == []
         assert errors == [], errors

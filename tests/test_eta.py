@@ -152,3 +152,18 @@ def test_migration_adds_timings_and_keeps_jobs(tmp_path):
     assert "jobs_finished_order" in plan and "TEMP B-TREE" not in plan
     store.close()
     json.dumps(plan)
+
+
+def test_a_learned_workflow_weighs_its_percent_by_expected_node_times(server):
+    """After one completed run the next run's nodes get their learned times as shares of the percent."""
+    first = server.submit(prompt(1))
+    server.wait_status(first["id"], "completed", timeout=60)
+    second = server.submit(prompt(2))
+    tracker = server.monitor.tracker
+    wait_for(lambda: (tracker._prompts.get(second["id"]) and tracker._prompts[second["id"]].weights),
+             what="the second run to be weighed")
+    weights = tracker._prompts[second["id"]].weights
+    assert set(weights) == set(tracker.nodes_to_run(second["id"]))
+    sampler = max(weights, key=weights.get)
+    assert DEMO_PROMPT[sampler]["class_type"] == "KSampler"   # the 20 steps outweigh the rest
+    server.wait_status(second["id"], "completed", timeout=60)

@@ -73,3 +73,33 @@ def test_demo_hosts_config_and_simulators(monkeypatch):
     finally:
         for _, sim in named:
             sim.stop(abrupt=False)
+
+
+def test_a_host_whose_job_just_ended_shows_its_outcome_panel_until_it_expires_or_runs_again(fleet):
+    """Several hosts: a panel per running job, and for a host where a job ended moments ago its outcome
+    (completed with its output thumbnail from that host, failed with its reason); old endings show nothing."""
+    from monitor.timeutil import iso_from_epoch
+    import time as _time
+    store = fleet.monitor.store
+    now = _time.time()
+    store.create({"id": "done1", "host": "gpu1", "status": "completed", "source": "external",
+                  "workflow_name": "Fresh render", "queued_at": iso_from_epoch(now - 20),
+                  "started_at": iso_from_epoch(now - 14), "finished_at": iso_from_epoch(now - 2),
+                  "outputs": [{"node_id": "9", "title": "Save", "text": [],
+                               "images": [{"filename": "out_1.png", "subfolder": "runs", "type": "output"}]}]})
+    store.create({"id": "fail2", "host": "gpu2", "status": "failed", "source": "external",
+                  "workflow_name": "Broken", "queued_at": iso_from_epoch(now - 9), "finished_at": iso_from_epoch(now - 1),
+                  "error": {"message": "CUDA out of memory\nTraceback...", "node_title": "KSampler"}})
+    current = fleet.get("/admin/queue/current").text
+    assert 'data-outcome="completed"' in current and 'data-outcome="failed"' in current
+    assert "host=gpu1" in current and "out_1.png" in current          # the thumbnail comes from its host
+    assert "KSampler: CUDA out of memory" in current and "Traceback" not in current
+    assert current.index("outcome-done1") < current.index("outcome-fail2")   # host order
+    assert "No jobs running" not in current
+    # Past the outcome window: the idle panel again.
+    assert fleet.monitor.recent_outcomes(8, now=now + 30) == []
+    # A host that runs again shows its running job, not the last outcome.
+    store.create({"id": "run1", "host": "gpu1", "status": "running", "source": "external",
+                  "queued_at": iso_from_epoch(now), "started_at": iso_from_epoch(now)})
+    ids = [job["id"] for job in fleet.monitor.recent_outcomes(8, now=now)]
+    assert ids == ["fail2"]

@@ -144,7 +144,9 @@ def test_running_job_progress_preview_strip_title_and_notification(slow_server, 
     # Record notifications instead of showing them.
     page.context.add_init_script("""
         window.__notes = [];
-        window.Notification = class { constructor(t, o) { window.__notes.push([t, (o || {}).body]); }
+        // The tab is in the background: notifications are for when the page is not seen.
+        Object.defineProperty(Document.prototype, "visibilityState", { get: () => "hidden" });
+        window.Notification = class { constructor(t, o) { window.__notes.push([t, (o || {}).body, (o || {}).icon]); }
                                       static get permission() { return "granted"; }
                                       static requestPermission() { return Promise.resolve("granted"); } };
     """)
@@ -187,9 +189,8 @@ def test_running_job_progress_preview_strip_title_and_notification(slow_server, 
         shot(p, "running.png", full_page=True)
 
         slow_server.wait_status(job["id"], "completed", timeout=30)
-        # the finished card lingers with its final badge, then goes
-        p.wait_for_selector(f"#job-{job['id']}.is-lingering .badge-completed", timeout=10_000)
-        p.wait_for_selector(f"#job-{job['id']}", state="detached", timeout=15_000)
+        # the finished card leaves the active list (it is in Recent now)
+        p.wait_for_selector(f"#job-{job['id']}", state="detached", timeout=5_000)
         p.wait_for_function("() => window.__notes.length > 0", timeout=10_000)
         seen = p.evaluate("() => Object.fromEntries(Object.entries(window.__seen).map(([k, v]) => [k, [...v]]))")
         p.evaluate("() => clearInterval(window.__sampler)")
@@ -202,7 +203,7 @@ def test_running_job_progress_preview_strip_title_and_notification(slow_server, 
         assert any(0 < int(v) < 100 for v in seen["valuenow"]), seen["valuenow"]
         assert any(re.fullmatch(r"\(\d+%\) Job Queue", t) for t in seen["title"]), seen["title"]
         notes = p.evaluate("() => window.__notes")
-        assert notes[0][0] == "Job completed"
+        assert notes[0][0] == "Probe run — completed" and notes[0][1] == "Probe run completed", notes
         assert page.dialogs == []
         assert page.errors == []
     finally:
@@ -305,11 +306,27 @@ def test_cancel_running_job_from_the_page(slow_server, page):
     p.wait_for_function("() => document.getElementById('toast').textContent === 'Job id copied'", timeout=5_000)
     assert p.evaluate("() => navigator.clipboard.readText()") == job["id"]
 
-    page.accept_confirm = True
+    # An in-page dialog asks: it starts on "Keep running", keeps focus inside, and Escape keeps the job.
     p.click("#current [data-cancel]")
+    p.wait_for_function("() => document.getElementById('confirm-stop').open", timeout=5_000)
+    assert "To cancel" in p.locator("#confirm-stop-title").inner_text()
+    assert p.evaluate("() => document.activeElement.textContent") == "Keep running"
+    p.keyboard.press("Tab")
+    assert p.evaluate("() => document.activeElement.textContent") == "Stop job"
+    p.keyboard.press("Tab")   # focus cycles inside the dialog
+    assert p.evaluate("() => document.activeElement.textContent") == "Keep running"
+    p.keyboard.press("Escape")
+    p.wait_for_function("() => !document.getElementById('confirm-stop').open", timeout=5_000)
+    assert p.evaluate("() => document.activeElement.matches('#current [data-cancel]')")
+    assert slow_server.get(f"/api/admin/jobs/{job['id']}").json()["status"] == "running"
+    p.click("#current [data-cancel]")
+    p.click("#confirm-stop button[value='stop']")
     slow_server.wait_status(job["id"], {"interrupted", "cancelled"}, timeout=20)
-    assert page.dialogs and page.dialogs[0].startswith("confirm:")
+    assert page.dialogs == []   # no window.confirm
+    # the panel says how it ended, then goes idle
+    p.wait_for_selector("#current [data-outcome='interrupted'], #current [data-outcome='cancelled']", timeout=10_000)
     p.wait_for_function("() => document.querySelector('#current').dataset.jobId === ''", timeout=10_000)
+    p.wait_for_selector("#current .idle", timeout=15_000)
     assert p.locator("#current .idle").inner_text() == "No jobs running"
     assert page.errors == []
 

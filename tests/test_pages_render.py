@@ -84,3 +84,28 @@ def test_user_data_is_escaped_and_inside_hx_disable(live_server):
         assert '<div class="ov-scroll" hx-disable>' in overlay
     finally:
         live_server.fake.resume()
+
+
+def test_the_output_strip_shows_saved_images_and_videos_labelled_by_node_title(live_server):
+    """Saved outputs (SaveImage, video) belong in the strip with the temp previews, each under its node's title."""
+    outputs = [{"node_id": "9", "title": "Save final", "text": [],
+                "images": [{"filename": "final.png", "subfolder": "runs", "type": "output", "kind": "images"}]},
+               {"node_id": "12", "title": "Save clip", "text": [],
+                "images": [{"filename": "clip.mp4", "subfolder": "", "type": "output", "kind": "videos"}]},
+               {"node_id": "4", "title": "Preview", "text": [],
+                "images": [{"filename": "tmp.png", "subfolder": "", "type": "temp", "kind": "images"}]}]
+    with live_server.app.test_request_context():
+        macro = live_server.app.jinja_env.get_template("_macros.html").module.output_strip
+        html = str(macro(outputs))
+    assert html.count('class="strip-item"') == 3
+    assert "Save final" in html and "Save clip" in html and "Preview" in html
+    assert '<video src="/api/view?filename=clip.mp4' in html and "clip.mp4&amp;subfolder=&amp;type=output&amp;preview" not in html
+    assert 'alt="Save final output"' in html
+
+
+def test_output_folder_from_the_record_or_the_saved_outputs(live_server):
+    with live_server.app.test_request_context():
+        assert pages.output_folder({"output_dir": "/data/out/job1"}) == "/data/out/job1"
+        saved = {"outputs": [{"images": [{"filename": "a.png", "subfolder": "demo/x", "type": "output"}]}]}
+        assert pages.output_folder(saved) == "ComfyUI output/demo/x"
+        assert pages.output_folder({"outputs": [{"images": [{"filename": "t.png", "type": "temp"}]}]}) is None

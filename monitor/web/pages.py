@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 from urllib.parse import urlencode
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
@@ -20,8 +21,8 @@ from .fragments import FragmentCache
 
 bp = Blueprint("pages", __name__)
 
-# How long (seconds) the page keeps a finished job's card on screen with its final badge (read by static/js/cards.js).
-LINGER_S = 6
+# How long (seconds) the Current Job panel shows how a job ended (unless the next one starts sooner).
+OUTCOME_S = 8
 # Fallback poll of the card list, in seconds (the countdown bar in the LIVE indicator).
 POLL_S = 10
 # Gauges refresh (seconds); the telemetry sampler itself runs every ~1.5 s.
@@ -102,6 +103,15 @@ def clamp_pct(value) -> float:
     return round(max(0.0, min(100.0, v)), 2)
 
 
+@bp.app_template_filter("epoch")
+def epoch(value) -> float:
+    """An ISO 8601 time as epoch seconds (0 when unreadable): for durations between two record times."""
+    try:
+        return epoch_from_iso(str(value)) or 0.0
+    except ValueError:
+        return 0.0
+
+
 @bp.app_template_filter("utc_text")
 def utc_text(value) -> str:
     """The fallback text of a <time> element (the page rewrites it in the viewer's local time)."""
@@ -149,9 +159,9 @@ def view_url(image, thumb: bool = False, host: str | None = None) -> str | None:
     return f"/api/view?{urlencode(params)}"
 
 
-@bp.app_template_global("job_thumb")
-def job_thumb(job: dict, host: str | None = None) -> str | None:
-    """Output image if there is one (latest node first), else the input image, else None (placeholder)."""
+@bp.app_template_global("output_thumb")
+def output_thumb(job: dict, host: str | None = None) -> str | None:
+    """The thumbnail URL of a job's newest output image (latest node first), None if it has none."""
     # A running job's live outputs are the newest (the record gets them in batches): never back to an older one.
     progress = job.get("progress") or {}
     outputs = list((progress.get("outputs") if isinstance(progress, dict) else None) or job.get("outputs") or [])
@@ -160,7 +170,37 @@ def job_thumb(job: dict, host: str | None = None) -> str | None:
             url = view_url(img, thumb=True, host=host)
             if url:
                 return url
-    return view_url(job.get("input_image"), thumb=True, host=host)
+    return None
+
+
+@bp.app_template_global("job_thumb")
+def job_thumb(job: dict, host: str | None = None) -> str | None:
+    """Output image if there is one (latest node first), else the input image, else None (placeholder)."""
+    return output_thumb(job, host) or view_url(job.get("input_image"), thumb=True, host=host)
+
+
+@bp.app_template_global("output_folder")
+def output_folder(job: dict) -> str | None:
+    """Where a job's files are: its recorded output folder, else the folder of its saved outputs (under the
+    configured ComfyUI output directory, or named relative to ComfyUI's output folder); None if unknown."""
+    if job.get("output_dir"):
+        return str(job["output_dir"])
+    progress = job.get("progress") if isinstance(job.get("progress"), dict) else {}
+    for out in (progress.get("outputs") or job.get("outputs") or []):
+        for img in (out or {}).get("images") or []:
+            if isinstance(img, dict) and img.get("type") == "output":
+                sub = str(img.get("subfolder") or "").strip("/")
+                root = current_app.config["MONITOR"].comfyui_output_dir
+                if root and not _host_is_remote(job):
+                    return os.path.join(root, sub) if sub else root
+                return f"ComfyUI output/{sub}" if sub else "ComfyUI output folder"
+    return None
+
+
+def _host_is_remote(job: dict) -> bool:
+    """The configured output directory is the first host's: other hosts' files live elsewhere."""
+    hosts = getattr(_monitor(), "hosts", None) or ()
+    return bool(hosts) and job.get("host") not in (None, hosts[0].name)
 
 
 @bp.app_template_global("job_reason")
@@ -296,10 +336,31 @@ def _hosts() -> list[dict]:
         return []
 
 
+def _outcomes() -> list[dict]:
+    """Jobs that ended less than OUTCOME_S ago on a host where nothing runs since, each with "outcome_left_s"."""
+    try:
+        jobs = _monitor().recent_outcomes(OUTCOME_S)
+    except Exception:   # a nicety: the panel then says "No jobs running" at once
+        current_app.logger.exception("recent_outcomes failed")
+        return []
+    now = _dt.datetime.now(_dt.timezone.utc).timestamp()
+    for job in jobs:
+        job["outcome_left_s"] = round(max(0.5, OUTCOME_S - (now - (epoch_from_iso(job["finished_at"]) or now))), 1)
+    return jobs
+
+
 def _runs() -> dict:
-    """The run panels' context: every running job, and the hosts that are down (their jobs wait for them)."""
-    return {"runs": _monitor().running_jobs(),
+    """The run panels' context: every running job, the outcomes of jobs that just ended on the other hosts,
+    and the hosts that are down (their jobs wait for them)."""
+    return {"runs": _monitor().running_jobs(), "outcomes": _outcomes(),
             "down_hosts": {host.name for host in _monitor().hosts if not host.listener.connected}}
+
+
+def _single() -> dict:
+    """One host's Current Job context: the running job, else how the last one ended (for OUTCOME_S)."""
+    current = _monitor().current_job()
+    outcomes = [] if current else _outcomes()
+    return {"current": current, "outcome": outcomes[0] if outcomes else None}
 
 
 def _newest(runs: list[dict]) -> dict | None:
@@ -335,7 +396,7 @@ def _relay_off() -> set[str] | None:
 
 
 def _context(**extra) -> dict:
-    ctx = {"linger_s": LINGER_S, "poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S,
+    ctx = {"poll_s": POLL_S, "gauges_poll_s": GAUGES_POLL_S,
            "signout": token_only(current_app.config["MONITOR"]), "relay_off": _relay_off(),
            "multi_host": _multi_host()}
     ctx.update(extra)
@@ -361,7 +422,7 @@ def queue_page():
         live = dict(_runs(), hosts=_hosts())
         live["current"] = _newest(live["runs"])
     else:
-        live = dict(current=_monitor().current_job(), telemetry=_telemetry())
+        live = dict(_single(), telemetry=_telemetry())
     resp = current_app.make_response(render_template(
         "queue.html",
         **_context(cards=_cards(), total=_monitor().active_counts()["total"], comfy=_comfy_state(),
@@ -380,7 +441,7 @@ def queue_cards():
 def queue_current():
     if _multi_host():
         return _fragment("_current.html", **_runs())
-    return _fragment("_current.html", current=_monitor().current_job())
+    return _fragment("_current.html", **_single())
 
 
 @bp.get("/admin/queue/gauges")

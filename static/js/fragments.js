@@ -25,16 +25,14 @@ export function refreshJobsAndSettle() {
 }
 
 /* Fragments are swapped with idiomorph. Two things the page owns on the client survive a swap:
- * localised <time> texts and ticking elapsed counters (when the server value did not change), and a
- * finished job's card while it lingers with its final badge. */
+ * localised <time> texts and ticking elapsed counters (when the server value did not change). */
 export function initMorphRules() {
   if (!(window.Idiomorph && Idiomorph.defaults && Idiomorph.defaults.callbacks)) return;
   Idiomorph.defaults.callbacks.beforeNodeMorphed = (oldNode, newNode) => {
     if (oldNode.nodeType !== 1 || !newNode || newNode.nodeType !== 1) return;
-    if (oldNode.classList.contains("is-lingering")) return false;
     // While the socket streams a job's progress, its live fields are fresher than any fragment.
     if (S.wsOpen && oldNode.hasAttribute("data-f")) {
-      const panel = oldNode.closest(".current[data-job-id]");
+      const panel = oldNode.closest(".current[data-job-id], #overlay-job[data-job-id]");
       const id = panel && panel.dataset.jobId;
       if (id && (multi ? S.runs[id] : S.latest && id === S.latest.prompt_id)) return false;
     }
@@ -42,9 +40,6 @@ export function initMorphRules() {
         oldNode.getAttribute("datetime") === newNode.getAttribute("datetime")) return false;
     if (oldNode.hasAttribute("data-since") &&
         oldNode.getAttribute("data-since") === newNode.getAttribute("data-since")) return false;
-  };
-  Idiomorph.defaults.callbacks.beforeNodeRemoved = (node) => {
-    if (node.nodeType === 1 && node.classList.contains("is-lingering")) return false;
   };
 }
 

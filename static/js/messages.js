@@ -6,7 +6,7 @@ import { setLive } from "./live.js";
 import { resetBackoff } from "./socket.js";
 import { clearPreview } from "./preview.js";
 import { refreshOverlay } from "./overlay.js";
-import { jobIdOf, lingerCard, notify } from "./cards.js";
+import { dropCard, jobIdOf, notify } from "./cards.js";
 import { onProgress, onHelloJobs, jobEnded } from "./panels.js";
 
 export function handleMessage(msg) {
@@ -61,8 +61,8 @@ function onEvent(ev) {
   const id = jobIdOf(ev);
   const status = kind.slice(4);
   if (TERMINAL[status]) {
-    if (id) lingerCard(id, status);
-    if (status === "completed" || status === "failed") notify(ev, status);
+    if (id) dropCard(id);
+    if (status !== "stalled") notify(ev, status);
     jobEnded(id);
   }
   if (!multi && status === "started" && id && S.previewFor && S.previewFor !== id) clearPreview();

@@ -29,7 +29,7 @@ export function onProgress(p) {
     }
     setTitle(p);
     renderStrip(p.outputs);
-    if (S.overlayId === id) refreshOverlayThrottled();
+    overlayProgress(p);
     if (!document.getElementById("job-" + id)) refreshSoon("cards", 300);
     return;
   }
@@ -87,7 +87,7 @@ function progressMulti(p) {
     if (panel) updatePanel(panel, p); else refreshJobs();   // a job started: its panel comes from the server
     if (isNew) follow();
     if (id === S.shown) { setTitle(p); renderStrip(p.outputs); }
-    if (S.overlayId === id) refreshOverlayThrottled();
+    overlayProgress(p);
     if (!document.getElementById("job-" + id)) refreshSoon("cards", 300);
     return;
   }
@@ -171,6 +171,51 @@ export function setTitle(p) {
 /* The title for the job followed now (after staleness ends, say). */
 export function retitle() { setTitle(multi ? (S.shown ? S.runs[S.shown] : null) : S.latest); }
 
+/* The overlay's bar and percent take the same progress message as the panel behind it (its other fields
+ * follow with the throttled refresh). */
+function overlayProgress(p) {
+  if (S.overlayId !== p.prompt_id) return;
+  const body = $("overlay-body");
+  if (body && body.querySelector('[data-f="bar"]')) updatePanel(body, p);
+  refreshOverlayThrottled();
+}
+
+/* After a fragment swap: a panel that shows a new job starts with an empty bar, without sliding back from
+ * the last job's width (no transition for that one change). */
+function resetBars() {
+  for (const panel of document.querySelectorAll("#current .current[data-job-id], #current[data-job-id]")) {
+    const id = panel.dataset.jobId || "";
+    if (panel.dataset.barFor === id) continue;
+    panel.dataset.barFor = id;
+    const fill = panel.querySelector('[data-f="bar"] .bar-fill');
+    if (!fill) continue;
+    fill.style.transition = "none";
+    fill.style.width = "";
+    void fill.offsetWidth;   // apply the width without animating, then let later updates animate
+    requestAnimationFrame(() => { fill.style.transition = ""; });
+  }
+}
+
+/* A job's outcome stays in its panel for the seconds the server says, then the panel is asked again and the
+ * Preview is cleared (unless another job took it over meanwhile). */
+let outcomeTimer = null;
+function scheduleOutcome() {
+  const el = document.querySelector("#current [data-outcome-left-s]");
+  clearTimeout(outcomeTimer);
+  outcomeTimer = null;
+  if (!el) {
+    // Nothing runs and no outcome is left to show: the last job's preview goes too.
+    if (document.getElementById("current-idle") && S.previewFor) clearPreview();
+    return;
+  }
+  const ms = Math.max(500, Number(el.dataset.outcomeLeftS) * 1000 || 0);
+  outcomeTimer = setTimeout(() => {
+    outcomeTimer = null;
+    refreshSoon("current", 0);
+    if (!multi ? !S.currentId : Object.keys(S.runs).length === 0) clearPreview();
+  }, ms);
+}
+
 function field(panel, name) { return panel.querySelector('[data-f="' + name + '"]'); }
 function setText(el, text) {
   if (!el) return;
@@ -187,6 +232,8 @@ function updateCurrent(p) {
 
 /* After a fragment swap: put the socket's fresher live fields back, and follow the (new) panels. */
 export function afterSwap() {
+  resetBars();
+  scheduleOutcome();
   if (multi) {
     eachPanel((el) => { const st = S.runs[el.dataset.jobId]; if (st) updatePanel(el, st); });
     follow();
@@ -227,7 +274,10 @@ function updatePanel(panel, p) {
   const pctEl = field(panel, "percent");
   if (pctEl) pctEl.textContent = indet ? "…" : Math.round(pct) + "%";
   setText(field(panel, "step"), p.step && p.step.max != null ? "Step " + p.step.value + "/" + p.step.max : "");
-  setText(field(panel, "eta"), p.eta_s != null && isFinite(p.eta_s) ? "~" + fmtDuration(p.eta_s) : "");
+  const eta = p.eta_s != null && isFinite(p.eta_s) ? "~" + fmtDuration(p.eta_s) : "";
+  setText(field(panel, "eta"), eta);
+  const etaWrap = field(panel, "eta-wrap");
+  if (etaWrap) etaWrap.hidden = !eta;
   setText(field(panel, "rate"), p.it_per_s != null && isFinite(p.it_per_s) ? Number(p.it_per_s).toFixed(1) + " it/s" : "");
   const el = field(panel, "elapsed");
   if (el && p.started_at && el.dataset.since !== p.started_at) {

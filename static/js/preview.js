@@ -126,11 +126,21 @@ export function renderStrip(outputs) {
     a.href = viewUrl(it.img, false, host);
     a.target = "_blank";
     a.rel = "noopener";
-    const im = document.createElement("img");
-    im.src = viewUrl(it.img, true, host);
-    im.alt = it.label + " output";
-    im.loading = "lazy";
-    im.decoding = "async";
+    let im;
+    if (it.img.kind === "videos") {   // a saved video: its first frame, full file on click
+      im = document.createElement("video");
+      im.src = viewUrl(it.img, false, host);
+      im.muted = true;
+      im.playsInline = true;
+      im.preload = "metadata";
+      im.setAttribute("aria-label", it.label + " output");
+    } else {
+      im = document.createElement("img");
+      im.src = viewUrl(it.img, true, host);
+      im.alt = it.label + " output";
+      im.loading = "lazy";
+      im.decoding = "async";
+    }
     const span = document.createElement("span");
     span.className = "strip-label";
     span.textContent = it.label;

@@ -9,9 +9,9 @@ export const cfg = {
   wsPath: ds.wsPath || "/api/run/ws",
   pollS: Number(ds.pollS) || 10,
   gaugesPollS: Number(ds.gaugesPollS) || 3,
-  lingerS: Number(ds.lingerS) || 6,
   overlayUrl: ds.overlayUrl || "/admin/jobs/__ID__/overlay",
   cancelUrl: ds.cancelUrl || "/api/admin/jobs/__ID__/cancel",
+  jobUrl: ds.jobUrl || "/api/admin/jobs/__ID__",
 };
 export const TITLE = "Job Queue";
 export const TERMINAL = { completed: 1, failed: 1, interrupted: 1, cancelled: 1, stalled: 1 };
