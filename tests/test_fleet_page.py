@@ -27,7 +27,7 @@ def test_fragments_show_each_host_and_a_down_one(fleet):
     gauges = fleet.get("/admin/queue/gauges").text
     assert 'id="host-0"' in gauges and 'id="host-1"' in gauges and 'id="gauge-gpu0"' not in gauges
     assert 'class="host is-up" id="host-0"' in gauges and 'class="host is-down" id="host-1"' in gauges
-    assert "down since" in gauges and "Connection refused" in gauges
+    assert "down since" in gauges and "ComfyUI unreachable" in gauges and "Errno" not in gauges
     current = fleet.get("/admin/queue/current").text
     assert 'class="runs is-idle"' in current and "No jobs running" in current
     page = fleet.get("/admin/queue").text
