@@ -4,6 +4,7 @@ running cards' accent. Each test measures what a person would see (geometry, com
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -86,3 +87,184 @@ def test_cumulative_layout_shift_stays_under_a_tenth_while_jobs_run_and_finish(d
     finally:
         for context, _, _ in pages:
             context.close()
+
+
+def running(page):
+    page.wait_for_function("() => document.querySelector('#current [data-f=\"step\"]:not([hidden])')",
+                           timeout=20_000)
+
+
+def test_phone_cards_keep_name_and_prompt_on_one_line_and_the_overlay_title_breaks_between_words(demo, browser):
+    from monitor.demo import DEMO_PROMPT
+    demo.fake.pause()                                   # what is queued stays queued
+    demo.monitor.submit(DEMO_PROMPT, workflow_name="A rather long workflow name for a small phone screen")
+    context, page, errors = open_page(browser, demo, PHONE)
+    try:
+        page.wait_for_function("() => document.querySelectorAll('#card-list > .card .excerpt').length >= 2",
+                               timeout=20_000)
+        cards = page.evaluate("""() => [...document.querySelectorAll('#card-list > .card')].map(c => {
+            const n = c.querySelector('.wf-name'), x = c.querySelector('.excerpt');
+            const lh = parseFloat(getComputedStyle(n).lineHeight);
+            return {name: n.textContent, nameH: n.getBoundingClientRect().height, lh,
+                    nameEllipsis: getComputedStyle(n).textOverflow,
+                    cardW: c.getBoundingClientRect().width,
+                    exW: x ? x.getBoundingClientRect().width : null,
+                    exH: x ? x.getBoundingClientRect().height : null,
+                    exLh: x ? parseFloat(getComputedStyle(x).lineHeight) : null}; })""")
+        for c in cards:
+            assert c["nameH"] < 1.5 * c["lh"], c                  # one line
+            assert c["nameEllipsis"] == "ellipsis", c
+            if c["exW"] is not None:
+                assert c["exH"] < 1.5 * c["exLh"], c
+                assert c["exW"] >= 0.6 * c["cardW"], c            # the prompt gets the card's width
+        # The overlay of an external job ("Untitled workflow") at phone width: no word split across lines.
+        page.click("#card-list > .card.is-external, #card-list > .card", timeout=10_000)
+        page.wait_for_selector("#overlay-title", timeout=10_000)
+        split = page.evaluate("""() => {
+            const h = document.getElementById('overlay-title'), t = h.firstChild, out = [];
+            const re = /\\S+/g; let m;
+            while ((m = re.exec(t.textContent))) {
+                const r = document.createRange(); r.setStart(t, m.index); r.setEnd(t, m.index + m[0].length);
+                const tops = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
+                if (tops.size > 1) out.push(m[0]);
+            }
+            return out; }""")
+        assert split == []
+        assert errors == []
+    finally:
+        context.close()
+        demo.fake.resume()
+
+
+def test_phone_tab_order_follows_the_visual_order_and_tap_targets_are_big_and_apart(demo, browser):
+    context, page, errors = open_page(browser, demo, PHONE)
+    try:
+        running(page)
+        demo.fake.pause()
+        page.wait_for_function("() => document.querySelectorAll('#card-list > .card').length >= 2", timeout=20_000)
+        order = []
+        page.focus("body")
+        for _ in range(30):
+            page.keyboard.press("Tab")
+            el = page.evaluate("""() => { const a = document.activeElement;
+                if (!a || !a.closest('#main')) return null;
+                const r = a.getBoundingClientRect();
+                return [a.id || a.className || a.tagName, Math.round(r.top + scrollY), Math.round(r.left)]; }""")
+            if el:
+                order.append(el)
+            elif order:
+                break                                     # past the end of the page
+        assert len(order) >= 4, order
+        for a, b in zip(order, order[1:]):
+            assert b[1] >= a[1] - 8, f"{b} comes after {a} in tab order but sits above it: {order}"
+        sizes = page.evaluate("""() => Object.fromEntries(['#current .jobid', '#current [data-cancel]',
+            '#preview-toggle'].map(s => { const r = document.querySelector(s).getBoundingClientRect();
+            return [s, [r.left, r.right, r.width, r.height]]; }))""")
+        for sel, (_, _, w, h) in sizes.items():
+            assert w >= 24 and h >= 24, (sel, w, h)
+        gap = sizes["#current [data-cancel]"][0] - sizes["#current .jobid"][1]
+        assert gap >= 12, f"Cancel {gap:.0f}px from the copy chip"
+        assert errors == []
+    finally:
+        demo.fake.resume()
+        context.close()
+
+
+def test_at_200_percent_zoom_the_queue_comes_before_the_preview_and_gauges_wrap_evenly(demo, browser):
+    context, page, errors = open_page(browser, demo, {"width": 683, "height": 450}, scale=2)
+    try:
+        running(page)
+        geo = page.evaluate("""() => {
+            const top = s => document.querySelector(s).getBoundingClientRect().top + scrollY;
+            const rows = {};
+            for (const g of document.querySelectorAll('#gauges > .gauge')) {
+                const t = Math.round(g.getBoundingClientRect().top); rows[t] = (rows[t] || 0) + 1; }
+            return {cards: top('#cards'), preview: top('#preview'),
+                    previewH: document.getElementById('preview-frame').getBoundingClientRect().height,
+                    rows: Object.values(rows)}; }""")
+        assert geo["cards"] < geo["preview"], geo
+        assert geo["previewH"] <= 0.5 * 450, geo
+        assert sum(geo["rows"]) == 5 and (len(geo["rows"]) == 1 or min(geo["rows"]) >= 2), geo
+        for width in (800, 1000, 1366):                 # 200 % of wider screens, and no zoom
+            page.set_viewport_size({"width": width, "height": 450})
+            rows = page.evaluate("""() => { const rows = {};
+                for (const g of document.querySelectorAll('#gauges > .gauge')) {
+                    const t = Math.round(g.getBoundingClientRect().top); rows[t] = (rows[t] || 0) + 1; }
+                return Object.values(rows); }""")
+            assert len(rows) == 1 or min(rows) >= 2, (width, rows)
+        assert errors == []
+    finally:
+        context.close()
+
+
+def _contrast(page, selector):
+    """WCAG contrast of the first `selector`'s text colour against the first opaque background behind it."""
+    return page.evaluate("""sel => {
+        const el = document.querySelector(sel); if (!el) return null;
+        const rgb = s => s.match(/[\\d.]+/g).map(Number);
+        const lum = c => { const [r, g, b] = c.slice(0, 3).map(v => { v /= 255;
+            return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+        let bg = null;
+        for (let e = el; e; e = e.parentElement) {
+            const c = rgb(getComputedStyle(e).backgroundColor);
+            if (c.length < 4 || c[3] > 0.99) { bg = c; break; } }
+        bg = bg || [255, 255, 255];
+        const a = lum(rgb(getComputedStyle(el).color)), b = lum(bg);
+        return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); }""", selector)
+
+
+def test_prompt_id_and_na_text_meet_wcag_aa_contrast(demo, browser):
+    context, page, errors = open_page(browser, demo, DESKTOP)
+    try:
+        page.wait_for_selector("#card-list > .card .pid", timeout=20_000)
+        pid = _contrast(page, "#card-list > .card .pid")
+        assert pid >= 4.5, f"prompt id {pid:.2f}:1"
+        if page.locator("#gauges .lv-na .g-val").count() == 0:
+            # A machine whose every gauge reads: show an unknown one as the page would.
+            page.evaluate("() => { const g = document.querySelector('#gauges .gauge');"
+                          " g.className = g.className.replace(/lv-\\w+/, 'lv-na'); }")
+        na = _contrast(page, "#gauges .lv-na .g-val")
+        assert na >= 4.5, f"n/a {na:.2f}:1"
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_closing_the_overlay_of_a_job_whose_card_left_does_not_drop_focus_to_body(demo, browser):
+    context, page, errors = open_page(browser, demo, DESKTOP)
+    try:
+        running(page)
+        job_id = page.evaluate("() => document.getElementById('current').dataset.jobId")
+        page.focus(f"#job-{job_id}")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('overlay').open", timeout=10_000)
+        page.wait_for_selector(f"#card-list #job-{job_id}", state="detached", timeout=40_000)
+        page.keyboard.press("Escape")
+        page.wait_for_function("() => !document.getElementById('overlay').open", timeout=5_000)
+        try:
+            page.wait_for_function("() => document.activeElement && document.activeElement !== document.body",
+                                   timeout=2_000)
+        except Exception:
+            pass
+        where = page.evaluate("() => { const a = document.activeElement;"
+                              " return a === document.body ? 'body' : (a.id || a.className); }")
+        assert where != "body"
+        assert page.evaluate("() => !!document.activeElement.closest('#cards, #recent')"), where
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_running_cards_have_a_yellow_left_accent(demo, browser):
+    context, page, errors = open_page(browser, demo, DESKTOP)
+    try:
+        page.wait_for_selector("#card-list > .card.is-running", timeout=20_000)
+        style = page.evaluate("() => { const s = getComputedStyle(document.querySelector('#card-list > .card.is-running'));"
+                              " return [s.borderLeftColor, s.borderLeftWidth]; }")
+        r, g, b = [float(v) for v in re.findall(r"[\d.]+", style[0])[:3]]
+        assert r > 180 and g > 140 and b < 120, style          # yellow, not blue
+        assert float(style[1].rstrip("px")) >= 3, style
+        assert errors == []
+    finally:
+        context.close()
