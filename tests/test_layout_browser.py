@@ -16,6 +16,10 @@ pytestmark = requires_chromium
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1366, "height": 900}
 CLS_SECONDS = float(os.environ.get("LAYOUT_CLS_SECONDS", "30"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README's running, phone and overlay screenshots come from here (a demo run); like tests/test_page.py,
+# every run writes them to artifacts/, and SCREENSHOTS_DIR=docs/screenshots refreshes the README's.
+SHOTS = os.path.join(ROOT, os.environ.get("SCREENSHOTS_DIR", os.path.join("artifacts", "screenshots")))
 
 # Every layout shift not caused by input, with the nodes that moved (for a readable failure).
 CLS_PROBE = """
@@ -84,9 +88,27 @@ def test_cumulative_layout_shift_stays_under_a_tenth_while_jobs_run_and_finish(d
                 print(f"  t={s[0]}ms {s[1]:.4f} {s[2][:4]}")
             assert errors == []
         assert results["phone"] < 0.1 and results["desktop"] < 0.1, results
+        screenshots(pages[1][1], pages[0][1])
     finally:
         for context, _, _ in pages:
             context.close()
+
+
+def screenshots(desktop, phone):
+    os.makedirs(SHOTS, exist_ok=True)
+    for page in (desktop, phone):
+        running(page)
+        page.wait_for_function("() => { const i = document.getElementById('preview-img');"
+                               " return !i.hidden && i.complete && i.naturalWidth > 0; }", timeout=20_000)
+    settled = "() => ![...document.querySelectorAll('#main *')].some(e => e.style.transform)"   # no card gliding
+    desktop.wait_for_function(settled, timeout=10_000)
+    desktop.screenshot(path=os.path.join(SHOTS, "running.png"), full_page=True)
+    phone.wait_for_function(settled, timeout=10_000)
+    phone.screenshot(path=os.path.join(SHOTS, "phone.png"), full_page=True)
+    desktop.click("#card-list > .card.is-running .wf-name")
+    desktop.wait_for_selector("#overlay-job", timeout=10_000)
+    desktop.wait_for_timeout(400)
+    desktop.screenshot(path=os.path.join(SHOTS, "overlay.png"))
 
 
 def running(page):
@@ -140,7 +162,12 @@ def test_phone_tab_order_follows_the_visual_order_and_tap_targets_are_big_and_ap
     context, page, errors = open_page(browser, demo, PHONE)
     try:
         running(page)
-        demo.fake.pause()
+        # measured the moment a job runs (the chip and Cancel exist only then)
+        sizes = page.wait_for_function("""() => { const sels = ['#current .jobid', '#current [data-cancel]',
+            '#preview-toggle']; if (!sels.every(s => document.querySelector(s))) return null;
+            return Object.fromEntries(sels.map(s => { const r = document.querySelector(s).getBoundingClientRect();
+            return [s, [r.left, r.right, r.width, r.height]]; })); }""", timeout=30_000).json_value()
+        demo.fake.pause()                                 # no new job starts while we walk the page
         page.wait_for_function("() => document.querySelectorAll('#card-list > .card').length >= 2", timeout=20_000)
         order = []
         page.focus("body")
@@ -157,9 +184,6 @@ def test_phone_tab_order_follows_the_visual_order_and_tap_targets_are_big_and_ap
         assert len(order) >= 4, order
         for a, b in zip(order, order[1:]):
             assert b[1] >= a[1] - 8, f"{b} comes after {a} in tab order but sits above it: {order}"
-        sizes = page.evaluate("""() => Object.fromEntries(['#current .jobid', '#current [data-cancel]',
-            '#preview-toggle'].map(s => { const r = document.querySelector(s).getBoundingClientRect();
-            return [s, [r.left, r.right, r.width, r.height]]; }))""")
         for sel, (_, _, w, h) in sizes.items():
             assert w >= 24 and h >= 24, (sel, w, h)
         gap = sizes["#current [data-cancel]"][0] - sizes["#current .jobid"][1]
