@@ -267,8 +267,8 @@ def test_closing_the_overlay_of_a_job_whose_card_left_does_not_drop_focus_to_bod
         page.keyboard.press("Escape")
         page.wait_for_function("() => !document.getElementById('overlay').open", timeout=5_000)
         try:
-            page.wait_for_function("() => document.activeElement && document.activeElement !== document.body",
-                                   timeout=2_000)
+            page.wait_for_function("() => { const a = document.activeElement;"
+                                   " return a && a !== document.body && !a.closest('#overlay'); }", timeout=2_000)
         except Exception:
             pass
         where = page.evaluate("() => { const a = document.activeElement;"
