@@ -2,7 +2,8 @@
 and a fake ComfyUI that replays recorded traffic.
 
 Never downloads a browser: the tests run with /usr/bin/chromium (CHROMIUM env var to override) and are
-skipped when it or playwright is missing. Screenshots go to docs/screenshots/ (idle, running, overlay).
+skipped when it or playwright is missing. Its screenshot: idle.png (running, phone and overlay come from
+tests/test_layout_browser.py, a demo run).
 """
 from __future__ import annotations
 
@@ -186,7 +187,6 @@ def test_running_job_progress_preview_strip_title_and_notification(slow_server, 
         p.wait_for_function("""() => { const f = n => document.querySelector('#current [data-f="' + n + '"]');
             const m = /Step (\\d+)\\//.exec(f('step').textContent);
             return m && +m[1] >= 5 && !f('rate').hidden && !f('eta').hidden; }""", timeout=20_000)
-        shot(p, "running.png", full_page=True)
 
         slow_server.wait_status(job["id"], "completed", timeout=30)
         # the finished card leaves the active list (it is in Recent now)
@@ -252,8 +252,6 @@ def test_overlay_opens_shows_record_and_closes_on_escape(slow_server, page):
     assert job["id"] in body
     assert "Overlay probe" in body
     assert "parameters" in body.lower() and "outputs" in body.lower()
-    p.wait_for_timeout(300)
-    shot(p, "overlay.png")
     p.keyboard.press("Escape")
     p.wait_for_function("() => !document.getElementById('overlay').open", timeout=5_000)
     # focus returns to the card
@@ -353,8 +351,6 @@ def test_phone_layout_has_no_horizontal_scroll(live_server, browser):
             live_server.submit(workflow_name=f"A rather long workflow name number {i} for a small screen")
         p.wait_for_function("() => document.querySelectorAll('#card-list > .card').length >= 2", timeout=15_000)
         assert p.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
-        p.wait_for_timeout(300)
-        shot(p, "phone.png", full_page=True)
         assert page.errors == []
     finally:
         live_server.fake.resume()
