@@ -218,10 +218,13 @@ class Host:
 
     def _queue_estimates(self) -> tuple:
         estimator = getattr(self.fleet, "estimator", None)
-        key = (self.store.generation, estimator.version if estimator else None)
+        key = (self.store.generation, estimator.version if estimator else None, self.tracker.revision)
         now = time.monotonic()
         cached = self._estimates
-        if cached is not None and cached[0] == key and now - cached[1] < ESTIMATES_TTL_S:
+        # Only a running job's estimate (and the starts of those behind it) moves with the clock: with none
+        # running, the estimates hold while the key does (a long idle queue is not re-estimated per poll).
+        if cached is not None and cached[0] == key and (now - cached[1] < ESTIMATES_TTL_S
+                                                        or not self.tracker.volatile_ids()):
             return cached
         out: dict[str, dict] = {}
         ahead: float | None = 0.0
