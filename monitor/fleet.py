@@ -263,6 +263,18 @@ class Fleet:
                         self._decorate(host, job, position, brief=True)))
         return out
 
+    def active_key(self) -> tuple:
+        """Changes whenever active_versions() would give another version for a job that is not volatile
+        (Tracker.volatile: a running job, whose rendering moves with the clock), or another list: a new or
+        ended job, a position, a progress step of a queued job, an estimate. A cache of a whole page is
+        valid while it holds, except for its volatile jobs (see web/fragments.py PageCache)."""
+        return (self.store.generation,) + tuple((host.tracker.revision, host.estimates_revision())
+                                                for host in self.hosts)
+
+    def volatile_ids(self) -> set[str]:
+        """The jobs whose renderings move with the clock (running), on every host."""
+        return {pid for host in self.hosts for pid in host.tracker.volatile_ids()}
+
     def active_counts(self) -> dict:
         jobs = self.store.active(graph=False, shared=True)
         running = sum(1 for j in jobs if j["status"] == "running")

@@ -39,6 +39,8 @@ FLOOD_MESSAGES = 500        # more client messages than this within FLOOD_WINDOW
 FLOOD_WINDOW_S = 5.0
 YIELD_EVERY = 64            # client messages handled between two yields to the loop
 LINGER_S = 10.0             # after closing a flooding client, discard what it still sends for this long
+ALL_JOBS = "all"            # {"type": "previews", "job": ...}: every job's previews (what old pages get)
+MAX_JOB_ID = 200            # characters; a longer "job" in a previews message is ignored
 _REMEMBERED_STATES = 512    # prompts whose last sent state is kept to skip unchanged re-sends
 _TEXT, _BINARY, _PING = 0x1, 0x2, 0x9
 
@@ -113,6 +115,7 @@ class _Client:
         self.partial: memoryview | None = None          # unsent rest of a direct send: goes first
         self.busy = False                               # the sender greenlet has a blocking send in flight
         self.previews = True
+        self.preview_job = ALL_JOBS                     # whose previews it wants: a prompt id, ALL_JOBS or None
         self.resumed = False                            # a page resumes once, right after connecting
         self.window_start = time.monotonic()            # flood check: messages since window_start
         self.window_count = 0
@@ -177,7 +180,7 @@ class Hub:
 
     def publish_preview(self, prompt_id, node_id, mime, image: bytes | memoryview) -> int:
         seq = next(self._preview_seq)
-        targets = [c for c in self._clients if c.previews]
+        targets = self._preview_targets(prompt_id)
         if targets:
             pair = b"".join((
                 _text({"type": "preview", "prompt_id": prompt_id, "node_id": node_id, "mime": mime, "seq": seq}),
@@ -275,16 +278,36 @@ class Hub:
             except (ValueError, RecursionError):
                 pass
         kind = msg.get("type") if isinstance(msg, dict) else None
-        if kind == "previews" and isinstance(msg.get("enabled"), bool):
-            c.previews = msg["enabled"]
-            if not c.previews:
-                c.preview = None
+        if kind == "previews" and self._choose_previews(c, msg):
+            pass
         elif kind == "resume" and type(msg.get("last_seq")) is int and not c.resumed:
             # Once per session: each resume costs an events query, so a flood of them is ignored.
             c.resumed = True
             self._resume(c, msg["last_seq"])
         else:
             self.counters["messages_ignored"] += 1
+
+    # --- preview selection: each page says whose previews it shows ---
+
+    def _preview_targets(self, prompt_id) -> list[_Client]:
+        return [c for c in self._clients
+                if c.previews and (c.preview_job == ALL_JOBS or (prompt_id is not None and c.preview_job == prompt_id))]
+
+    def _choose_previews(self, c: _Client, msg: dict) -> bool:
+        """{"type": "previews", "enabled": bool, "job": prompt id | null | "all"}, either field alone: False
+        (ignored) when neither is valid. A pending preview the client no longer wants is dropped."""
+        enabled, job = msg.get("enabled"), msg.get("job", ...)
+        valid_job = job is None or (isinstance(job, str) and 0 < len(job) <= MAX_JOB_ID)
+        if not isinstance(enabled, bool) and not valid_job:
+            return False
+        if isinstance(enabled, bool):
+            c.previews = enabled
+        if valid_job and job != c.preview_job:
+            c.preview_job = job
+            c.preview = None
+        if not c.previews:
+            c.preview = None
+        return True
 
     def _resume(self, c: _Client, last_seq: int):
         if self.events_since is None:

@@ -99,6 +99,7 @@ class Host:
         self._relay_noted: bool | None = None   # what was last logged about the node (logged on change)
         self._own_estimates: dict[str, tuple[int, tuple]] = {}   # queued prompt → (estimator version, estimate)
         self._estimates: tuple | None = None     # (key, monotonic time, {id: estimate}, work ahead)
+        self._estimates_seen: tuple = (None, None, 0)   # (estimates tuple, their quantized stamps, revision)
         self._pushed_estimates: dict[str, tuple] = {}   # queued prompt → quantized estimate last pushed
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -217,10 +218,13 @@ class Host:
 
     def _queue_estimates(self) -> tuple:
         estimator = getattr(self.fleet, "estimator", None)
-        key = (self.store.generation, estimator.version if estimator else None)
+        key = (self.store.generation, estimator.version if estimator else None, self.tracker.revision)
         now = time.monotonic()
         cached = self._estimates
-        if cached is not None and cached[0] == key and now - cached[1] < ESTIMATES_TTL_S:
+        # Only a running job's estimate (and the starts of those behind it) moves with the clock: with none
+        # running, the estimates hold while the key does (a long idle queue is not re-estimated per poll).
+        if cached is not None and cached[0] == key and (now - cached[1] < ESTIMATES_TTL_S
+                                                        or not self.tracker.volatile_ids()):
             return cached
         out: dict[str, dict] = {}
         ahead: float | None = 0.0
@@ -238,6 +242,17 @@ class Host:
             del self._own_estimates[pid]
         self._estimates = (key, now, out, None if ahead is None else round(ahead, 1))
         return self._estimates
+
+    def estimates_revision(self) -> int:
+        """Changes whenever estimate_stamp() of any of this host's jobs would (or a job joins or leaves)."""
+        estimates = self._queue_estimates()
+        seen, stamps, revision = self._estimates_seen
+        if estimates is not seen:
+            now = [(pid, _quantized(entry)) for pid, entry in estimates[2].items()]
+            if now != stamps:
+                revision += 1
+            self._estimates_seen = (estimates, now, revision)
+        return revision
 
     def estimate_stamp(self, pid: str):
         """Changes when a job's estimate changes visibly (quantized): part of a rendering's version."""

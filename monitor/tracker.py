@@ -114,6 +114,9 @@ class Tracker:
         self._running: str | None = None
         self._dirty: set[str] = set()
         self._queued_states: dict[str, dict] = {}   # built state of not-yet-started prompts, until touched
+        # Bumped whenever a prompt's state may change other than a running one's moving with the clock:
+        # while it holds, stamp() of every prompt that is not volatile is unchanged (see revision).
+        self._revision = 0
         self._forgotten: deque = deque(maxlen=FORGOTTEN_KEEP)
         self._forgotten_set: set[str] = set()
         self._handlers = {
@@ -137,12 +140,14 @@ class Tracker:
         p = self._prompts.get(prompt_id)
         if p is None:
             p = self._prompts[prompt_id] = _Prompt(prompt_id, self._clock())
+            self._revision += 1
         if p.frozen is not None and p.status == "stalled" and status in ("queued", "running"):
             self._revive(p)
         if isinstance(cached, list) and p.frozen is None:
             self._set_cached(p, cached)
         if _num(started) is not None and p.frozen is None:
             p.started = min(p.started, _num(started)) if p.started is not None else _num(started)
+            self._revision += 1
             p.comfy_started = p.comfy_started or _num(started)
         if isinstance(graph, dict) and graph is not p.graph and p.frozen is None:
             if p.graph is None:
@@ -183,6 +188,7 @@ class Tracker:
         self._queued_states.pop(prompt_id, None)
         if self._prompts.pop(prompt_id, None) is None:
             return
+        self._revision += 1
         if self._running == prompt_id:
             self._running = None
         self._dirty.discard(prompt_id)
@@ -211,6 +217,7 @@ class Tracker:
         if _num(started) is not None:
             p.comfy_started = _num(started)
             p.started = min(p.started, p.comfy_started) if p.started is not None else p.comfy_started
+            self._revision += 1
 
     def on_reconnect(self) -> None:
         """Steps sent while we were away are gone: keep the state, restart the step timing."""
@@ -420,6 +427,7 @@ class Tracker:
             if message and self.admit is not None and not self.admit(prompt_id):
                 return None
             p = self._prompts[prompt_id] = _Prompt(prompt_id, self._clock())
+            self._revision += 1
         return p
 
     def _live(self, prompt_id, out) -> _Prompt | None:
@@ -446,6 +454,7 @@ class Tracker:
     def _revive(self, p: _Prompt, out: list | None = None) -> None:
         """A prompt we settled as stalled is alive after all (ComfyUI lists it, or sends its messages)."""
         p.frozen = None
+        self._revision += 1
         p.status, p.finished = "queued", None
         p.floor = None
         if out is not None:
@@ -458,6 +467,7 @@ class Tracker:
         p.floor = None  # the percent's basis changes from steps alone to the node count
 
     def _start(self, p: _Prompt) -> None:
+        self._revision += 1
         p.status = "running"
         p.started = p.started or self._clock()
 
@@ -476,6 +486,8 @@ class Tracker:
 
     def _touch(self, p: _Prompt, now: float | None = None) -> None:
         p.updated = self._clock() if now is None else now
+        if not _volatile(p):
+            self._revision += 1
         self._dirty.add(p.id)
         self._queued_states.pop(p.id, None)
 
@@ -517,6 +529,7 @@ class Tracker:
             self._running = None
         self._touch(p, now)
         p.frozen = self._build_state(p, now)
+        self._revision += 1
         if status != "stalled":  # a stalled prompt may be revived: it keeps what it needs to go on
             p.graph = p.ps = None  # what state() needs is frozen; drop the rest
             p.ps_running = {}
@@ -714,13 +727,28 @@ class Tracker:
         p = self._prompts.get(prompt_id)
         if p is None:
             return None
-        if p.frozen is None and not (p.status == "queued" and p.started is None):
+        if _volatile(p):
             return object()
         return p.updated
+
+    def volatile_ids(self) -> list[str]:
+        """The prompts whose state moves with the clock (running ones): their stamp() is always fresh."""
+        return [pid for pid, p in self._prompts.items() if _volatile(p)]
+
+    @property
+    def revision(self) -> int:
+        """Changes whenever stamp() of a prompt that is not volatile may change, or a prompt becomes or
+        stops being volatile, or is added or forgotten: a cache of many renderings is valid while it holds,
+        except for the volatile prompts it lists."""
+        return self._revision
 
     def pop_dirty(self) -> set[str]:
         dirty, self._dirty = self._dirty, set()
         return dirty
+
+
+def _volatile(p: _Prompt) -> bool:
+    return p.frozen is None and not (p.status == "queued" and p.started is None)
 
 
 def _int(value: float):

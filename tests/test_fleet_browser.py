@@ -1,6 +1,6 @@
 """The /admin/queue page of a monitor watching several ComfyUI hosts, in a real browser (Debian's chromium):
 a row per host, one Current Job panel per running job with live steps at once, host badges, the Preview
-following the panel last touched, and one host going down while the other stays live. Each host is its
+following the panel last touched (and asking the monitor for that job's previews only), and one host going down while the other stays live. Each host is its
 own fake ComfyUI (recorded protocol) on a loopback port; the farm screenshot runs the --demo-hosts
 simulators."""
 from __future__ import annotations
@@ -123,8 +123,12 @@ def test_two_hosts_two_live_panels_badges_and_one_host_down(two_hosts, browser):
         newest = max((on_a, on_b), key=lambda j: server.monitor.get_job(j["id"])["started_at"])
         other = on_b if newest is on_a else on_a
         p.wait_for_selector(f"#run-{newest['id']}.is-shown", timeout=10_000)
+        # ... and the page asks the monitor for that job's previews only (the hub sends no other host's).
+        wanted = lambda: [c.preview_job for c in server.monitor.hub._clients]  # noqa: E731
+        wait_for(lambda: wanted() == [newest["id"]], what="the page to ask for the shown job's previews")
         p.click(f"#run-{other['id']} .node-name")
         p.wait_for_selector(f"#run-{other['id']}.is-shown", timeout=5_000)
+        wait_for(lambda: wanted() == [other["id"]], what="the page to ask for the touched job's previews")
         assert p.locator("#current .is-shown").count() == 1
         assert p.locator("#preview-for").inner_text().startswith(other["host"] + " · ")
 

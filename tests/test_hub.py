@@ -350,3 +350,30 @@ def test_origin_check_before_handshake(harness, headers, ok):
 ])
 def test_origin_allowed(origin, host, ok):
     assert ws_module.origin_allowed({"HTTP_ORIGIN": origin, "HTTP_HOST": host}) is ok
+
+
+def test_a_client_choosing_a_job_gets_only_that_jobs_previews(harness):
+    h = harness()
+    chooser, other, old = h.connect(), h.connect(), h.connect()   # old: a page that never says (all jobs)
+    chooser.send(json.dumps({"type": "previews", "job": "A"}))
+    other.send(json.dumps({"type": "previews", "job": None}))
+    wait_for(lambda: sorted(str(c.preview_job) for c in h.hub._clients) == ["A", "None", "all"])
+    h.hub.publish_preview("B", "3", "image/png", b"\x89PNG-B")
+    h.hub.publish_preview("A", "3", "image/png", b"\x89PNG-A")
+    assert recv_json(chooser)["prompt_id"] == "A" and recv_frame(chooser) == ("binary", b"\x89PNG-A")
+    assert [recv_json(old)["prompt_id"], recv_frame(old)[1]] == ["B", b"\x89PNG-B"]
+    assert [recv_json(old)["prompt_id"], recv_frame(old)[1]] == ["A", b"\x89PNG-A"]
+    assert_silent(chooser, 0.3)
+    assert_silent(other, 0.1)
+    # Following another job, and back to all; a bad choice is ignored and changes nothing.
+    chooser.send(json.dumps({"type": "previews", "job": 7}))
+    wait_for(lambda: h.hub.counters["messages_ignored"] == 1)
+    chooser.send(json.dumps({"type": "previews", "job": "B"}))
+    wait_for(lambda: "B" in [c.preview_job for c in h.hub._clients])
+    h.hub.publish_preview("A", "3", "image/png", b"\x89PNG-A")
+    h.hub.publish_preview("B", "3", "image/png", b"\x89PNG-B")
+    assert recv_json(chooser)["prompt_id"] == "B" and recv_frame(chooser) == ("binary", b"\x89PNG-B")
+    other.send(json.dumps({"type": "previews", "job": "all"}))
+    wait_for(lambda: "None" not in [str(c.preview_job) for c in h.hub._clients])
+    h.hub.publish_preview("A", "3", "image/png", b"\x89PNG-A")
+    assert recv_json(other)["prompt_id"] == "A"

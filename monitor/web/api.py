@@ -17,7 +17,7 @@ from ..comfy import ComfyUnavailable
 from ..jobs import STATUSES
 from ..service import SubmitError
 from ..workflows import ParamError, new_job_folder
-from .fragments import FragmentCache
+from .fragments import FragmentCache, PageCache
 from .security import authenticated
 
 bp = Blueprint("api", __name__)
@@ -129,13 +129,29 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 def queue():
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", QUEUE_PAGE, 1, QUEUE_PAGE_MAX)
-    cache = current_app.extensions.setdefault("queue_json_fragments", FragmentCache())
-    parts = cache.render_all(mon().active_versions(offset, limit), lambda job: json.dumps(job, separators=(",", ":")))
+    pages = current_app.extensions.setdefault("queue_json_pages", PageCache())
+    text = pages.get((offset, limit), mon().active_key(), lambda: _queue_pieces(offset, limit))
+    return Response(text, mimetype="application/json")
+
+
+def _queue_pieces(offset: int, limit: int) -> list:
+    """A queue page as PageCache pieces: running jobs as callables (their elapsed time moves), the rest text."""
+    def dumps(job: dict) -> str:
+        return json.dumps(job, separators=(",", ":"))
+    fragments = current_app.extensions.setdefault("queue_json_fragments", FragmentCache())
+    versions = mon().active_versions(offset, limit)
+    texts = fragments.render_all(versions, dumps)
+    volatile = mon().volatile_ids()
     counts = mon().active_counts()
     if len(mon().hosts) > 1:   # a fleet names its hosts; one host answers as before
         counts["hosts"] = [host.name for host in mon().hosts]
-    head = json.dumps({**counts, "offset": offset, "limit": limit}, separators=(",", ":"))[:-1]
-    return Response(head + ',"jobs":[' + ",".join(parts) + "]}", mimetype="application/json")
+    pieces: list = [dumps({**counts, "offset": offset, "limit": limit})[:-1] + ',"jobs":[']
+    for index, ((job_id, _, build), text) in enumerate(zip(versions, texts)):
+        if index:
+            pieces.append(",")
+        pieces.append((lambda build=build: dumps(build())) if job_id in volatile else text)
+    pieces.append("]}")
+    return pieces
 
 
 @bp.get("/api/admin/jobs/<job_id>")

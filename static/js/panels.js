@@ -4,7 +4,7 @@
 import { $, S, multi, TITLE, TERMINAL, eachPanel, panelFor } from "./state.js";
 import { fmtDuration, tickElapsed } from "./format.js";
 import { refreshJobs, refreshSoon } from "./fragments.js";
-import { clearPreview, renderStrip } from "./preview.js";
+import { clearPreview, renderStrip, sendPreviewState } from "./preview.js";
 import { refreshOverlay, refreshOverlayThrottled } from "./overlay.js";
 
 export function onProgress(p) {
@@ -120,6 +120,7 @@ export function follow() {
   }
   const changed = want !== S.shown;
   S.shown = want;
+  if (changed) sendPreviewState();   // the server sends this job's previews only
   let label = "";
   eachPanel((el) => {
     const on = el.dataset.jobId === want;

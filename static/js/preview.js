@@ -11,8 +11,10 @@ export function previewsOpen() {
   const t = $("preview-toggle");
   return !!t && t.getAttribute("aria-expanded") === "true";
 }
+/* Whether previews are wanted, and whose: several hosts, only the job the Preview follows (S.shown; null:
+ * none), so the server sends one host's frames instead of all of them; one host, all (one job runs). */
 export function sendPreviewState() {
-  send({ type: "previews", enabled: previewsOpen() && !document.hidden });
+  send({ type: "previews", enabled: previewsOpen() && !document.hidden, job: multi ? S.shown || null : "all" });
 }
 
 function sniffMime(bytes) {
