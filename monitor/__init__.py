@@ -16,7 +16,7 @@ def create_app(config: Config | None = None, *, start: bool | None = None) -> Fl
     """Build the app. `start` (default: config.start_background) starts the listener, reconciler,
     hub and telemetry greenlets; tests that only need routes can leave them off."""
     from .fleet import Fleet
-    from .web import api, metrics, pages, security, ws
+    from .web import api, metrics, pages, push, security, ws
 
     config = config or Config.from_env()
     security.check_startup(config)
@@ -32,6 +32,7 @@ def create_app(config: Config | None = None, *, start: bool | None = None) -> Fl
     app.register_blueprint(pages.bp)
     app.register_blueprint(metrics.bp)
     ws.init_app(app)
+    monitor.services.append(push.Pusher(app, interval=config.telemetry_interval))
     if config.start_background if start is None else start:
         monitor.start()
     return app
