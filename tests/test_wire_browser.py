@@ -7,6 +7,7 @@ import time
 from urllib.parse import urlsplit
 
 from browser import requires_chromium
+from test_fleet_browser import two_hosts  # noqa: F401  (fixture)
 
 pytestmark = requires_chromium
 
@@ -50,5 +51,24 @@ def test_a_new_card_arrives_over_the_socket_when_fragment_requests_fail(live_ser
                                arg=job["id"], timeout=15_000)
         assert blocked, "the page did try to fetch the cards (the job event asks for them)"
         assert page.evaluate(LIVE)
+    finally:
+        context.close()
+
+
+def test_several_hosts_their_rows_follow_over_the_socket_without_requests(two_hosts, browser):
+    server = two_hosts
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    made = []
+    try:
+        page.goto(server.url + "/admin/queue")
+        page.wait_for_function(LIVE, timeout=20_000)
+        page.route("**/admin/queue/**", lambda route: (made.append(route.request.url), route.abort()))
+        job = server.submit(workflow_name="Pushed host row")
+        server.wait_status(job["id"], "running", timeout=20)
+        # the host row's counts come with the pushed gauges fragment (its fetch would be refused)
+        page.wait_for_function("() => [...document.querySelectorAll('#gauges .host-state')]"
+                               ".some(e => e.textContent.startsWith('1 running'))", timeout=15_000)
+        assert not [u for u in made if u.endswith("/gauges")], made
     finally:
         context.close()
