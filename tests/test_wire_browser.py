@@ -7,9 +7,10 @@ import time
 from urllib.parse import urlsplit
 
 from browser import requires_chromium
-from test_fleet_browser import two_hosts  # noqa: F401  (fixture)
+import test_fleet_browser
 
 pytestmark = requires_chromium
+two_hosts = test_fleet_browser.two_hosts   # the fixture: gpu1 and gpu2
 
 LIVE = "() => document.getElementById('live').dataset.state === 'live'"
 SAMPLED = "() => document.getElementById('gauges').dataset.sampledAt"
