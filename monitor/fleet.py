@@ -71,6 +71,7 @@ class Fleet:
                                  for host in self.hosts if host is not local}
         self.metrics = Metrics(self)
         self._fleet_greenlets: list[gevent.Greenlet] = []
+        self.services: list = []   # more start()/stop() owners run with the fleet (web/push.py's Pusher)
 
     def __getattr__(self, name):
         # One host: the fleet is that host (listener, tracker, comfy, client_id, reconcile...), as before.
@@ -85,6 +86,8 @@ class Fleet:
         for sampler in self.remote_telemetry.values():
             sampler.start()
         self.metrics.start()
+        for service in self.services:
+            service.start()
         if self.standby:
             self._fleet_greenlets.append(gevent.spawn(self._await_lease))
         else:
@@ -138,6 +141,8 @@ class Fleet:
             g.kill(block=False)
         self._fleet_greenlets.clear()
         self.metrics.stop()
+        for service in self.services:
+            service.stop()
         for host in self.hosts:
             host.stop()
         for sampler in self.remote_telemetry.values():

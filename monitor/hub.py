@@ -110,7 +110,7 @@ class _Client:
     def __init__(self, ws, max_events: int):
         self.ws = ws
         self.events: deque = deque(maxlen=max_events)  # (seq | None, frame): hello, events, publish()
-        self.progress: dict = {}                        # prompt id -> frame, latest wins
+        self.progress: dict = {}                        # prompt id (or publish_latest key) -> frame, latest wins
         self.preview: bytes | None = None               # preview text frame + binary frame, latest wins
         self.partial: memoryview | None = None          # unsent rest of a direct send: goes first
         self.busy = False                               # the sender greenlet has a blocking send in flight
@@ -177,6 +177,16 @@ class Hub:
 
     def publish(self, message: dict):
         self._enqueue(None, _text(message))
+
+    def publish_latest(self, key: str, message: dict) -> None:
+        """Like publish(), but latest wins per `key` (the page's pushed fragments, web/push.py): a client
+        that is behind gets only the newest, in the progress slot, and it takes no room among its events."""
+        frame = _text(message)
+        for c in tuple(self._clients):
+            if c.idle() and self._send_now(c, frame):
+                continue
+            c.progress[("latest", key)] = frame
+            c.wake.set()
 
     def publish_preview(self, prompt_id, node_id, mime, image: bytes | memoryview) -> int:
         seq = next(self._preview_seq)

@@ -467,7 +467,9 @@ class Host:
 
     def _on_text(self, msg_type: str, data: dict) -> None:
         if msg_type == "status":
-            remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
+            status = data.get("status") if isinstance(data, dict) else None   # hostile shapes: no count
+            info = status.get("exec_info") if isinstance(status, dict) else None
+            remaining = info.get("queue_remaining") if isinstance(info, dict) else None
             if isinstance(remaining, int) and self._queue_remaining is not None and remaining < self._queue_remaining:
                 self._sweep_due = True   # a prompt finished: was it one we never saw?
             self._queue_remaining = remaining if isinstance(remaining, int) else None

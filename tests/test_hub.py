@@ -377,3 +377,17 @@ def test_a_client_choosing_a_job_gets_only_that_jobs_previews(harness):
     wait_for(lambda: "None" not in [str(c.preview_job) for c in h.hub._clients])
     h.hub.publish_preview("A", "3", "image/png", b"\x89PNG-A")
     assert recv_json(other)["prompt_id"] == "A"
+
+
+def test_publish_latest_reaches_clients_and_a_stuck_one_keeps_only_the_newest(harness):
+    h = harness(max_events=16, send_timeout=60.0)
+    fast = _stuck_slow_client(h)
+    for i in range(100):   # more than the event outbox holds: the pushed fragments take none of it
+        h.hub.publish_latest("fragment:gauges", {"type": "fragment", "id": "gauges", "html": str(i)})
+        h.hub.publish_latest("fragment:cards", {"type": "fragment", "id": "cards", "html": str(i)})
+    got = [recv_json(fast) for _ in range(200)]
+    assert [m["html"] for m in got if m["id"] == "gauges"][-1] == "99"
+    stuck = next(c for c in h.hub._clients if c.ws is not None and c.previews)
+    assert not stuck.events and h.hub.counters["events_dropped"] == 0
+    latest = {k: json.loads(f[f.index(b"{"):]) for k, f in stuck.progress.items() if isinstance(k, tuple)}
+    assert {m["html"] for m in latest.values()} == {"99"} and len(latest) == 2

@@ -404,9 +404,7 @@ def _context(**extra) -> dict:
 
 
 def _fragment(template: str, **ctx):
-    resp = current_app.make_response(render_template(template, **_context(**ctx)))
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return _no_store(_html(template, **ctx))
 
 
 # --- routes -------------------------------------------------------------------------------------------------
@@ -432,23 +430,47 @@ def queue_page():
     return resp
 
 
+def _html(template: str, **ctx) -> str:
+    return render_template(template, **_context(**ctx))
+
+
+# The fragments that the page refreshes, by element id: also rendered by web/push.py for the socket.
+def cards_html() -> str:
+    return _html("_cards.html", cards=_cards(), total=_monitor().active_counts()["total"])
+
+
+def current_html() -> str:
+    return _html("_current.html", **(_runs() if _multi_host() else _single()))
+
+
+def gauges_html() -> str:
+    if _multi_host():
+        return _html("_gauges.html", hosts=_hosts())
+    return _html("_gauges.html", telemetry=_telemetry())
+
+
+FRAGMENTS = {"gauges": gauges_html, "cards": cards_html, "current": current_html}
+
+
+def _no_store(html: str):
+    resp = current_app.make_response(html)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.get("/admin/queue/cards")
 def queue_cards():
-    return _fragment("_cards.html", cards=_cards(), total=_monitor().active_counts()["total"])
+    return _no_store(cards_html())
 
 
 @bp.get("/admin/queue/current")
 def queue_current():
-    if _multi_host():
-        return _fragment("_current.html", **_runs())
-    return _fragment("_current.html", **_single())
+    return _no_store(current_html())
 
 
 @bp.get("/admin/queue/gauges")
 def queue_gauges():
-    if _multi_host():
-        return _fragment("_gauges.html", hosts=_hosts())
-    return _fragment("_gauges.html", telemetry=_telemetry())
+    return _no_store(gauges_html())
 
 
 @bp.get("/admin/queue/recent")

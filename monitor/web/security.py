@@ -24,7 +24,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # Reachable without credentials: the sign-in flow, the static files it needs, and /healthz (which then says
 # only ok / not ok).
-OPEN_ENDPOINTS = {"static", "auth.signin_form", "auth.signin", "auth.signout", "auth.session", "api.healthz"}
+OPEN_ENDPOINTS = {"static", "assets.versioned", "auth.signin_form", "auth.signin", "auth.signout", "auth.session", "api.healthz"}
 WILDCARD_HOSTS = {"0.0.0.0", "::", "", "*"}
 
 

@@ -1,6 +1,6 @@
 /* Fallback polling of the server-rendered fragments, and the countdown bar in the LIVE indicator that shows
- * it. While the socket is open the poll is only a safety net; while it is down it is the source of truth.
- * Everything pauses while the tab is hidden. */
+ * it. Only while the socket is down: while it is open the server pushes the gauges, cards and current job
+ * over it (web/push.py) and nothing polls. Everything pauses while the tab is hidden. */
 import { $, S, cfg } from "./state.js";
 import { refresh } from "./fragments.js";
 import { refreshOverlay } from "./overlay.js";
@@ -9,7 +9,7 @@ import { downPollS } from "./live.js";
 let pollTimer = null;
 let gaugesTimer = null;
 
-function pollPeriodMs() { return (S.wsOpen ? cfg.pollS : downPollS()) * 1000; }
+function pollPeriodMs() { return downPollS() * 1000; }
 
 function startCountdown(ms) {
   const fill = $("live-bar-fill");
@@ -19,6 +19,12 @@ function startCountdown(ms) {
   void fill.offsetWidth;  // restart the transition from full
   fill.style.transition = "transform " + ms + "ms linear";
   fill.style.transform = "scaleX(0)";
+}
+function fullBar() {   // nothing counts down while updates are pushed
+  const fill = $("live-bar-fill");
+  if (!fill) return;
+  fill.style.transition = "none";
+  fill.style.transform = "scaleX(1)";
 }
 function stopCountdown() {
   const fill = $("live-bar-fill");
@@ -32,6 +38,7 @@ export function restartPoll() {
   clearTimeout(pollTimer);
   pollTimer = null;
   if (document.hidden) { stopCountdown(); return; }
+  if (S.wsOpen) { fullBar(); return; }
   const ms = pollPeriodMs();
   startCountdown(ms);
   pollTimer = setTimeout(() => {
@@ -44,7 +51,7 @@ export function restartPoll() {
 export function startGauges() {
   clearInterval(gaugesTimer);
   gaugesTimer = null;
-  if (document.hidden) return;
+  if (document.hidden || S.wsOpen) return;
   gaugesTimer = setInterval(() => refresh("gauges"), cfg.gaugesPollS * 1000);
 }
 

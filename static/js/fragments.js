@@ -1,5 +1,5 @@
-/* Server-rendered fragments (htmx + idiomorph): refresh triggers, the morph rules that keep what the client
- * owns, and htmx's swap/error hooks. */
+/* Server-rendered fragments (htmx + idiomorph): refresh triggers, fragments pushed over the socket, the
+ * morph rules that keep what the client owns, and htmx's swap/error hooks. */
 import { $, S, multi } from "./state.js";
 
 const refreshTimers = {};
@@ -43,7 +43,26 @@ export function initMorphRules() {
   };
 }
 
+/* A fragment pushed over the socket (server: web/push.py): the same HTML a refresh would fetch, morphed in
+ * the same way. Only the page's own fragment ids; the element keeps its hx-* attributes (its URLs). */
+const PUSHED = { gauges: 1, cards: 1, current: 1 };
+let swapped = () => {};
+export function applyFragment(msg) {
+  const el = PUSHED[msg.id] === 1 && typeof msg.html === "string" ? $(msg.id) : null;
+  if (!el || !window.Idiomorph) return;
+  const tpl = document.createElement("template");
+  tpl.innerHTML = msg.html;
+  const next = tpl.content.getElementById(msg.id);
+  if (!next) return;
+  for (const a of Array.from(el.attributes)) {
+    if (a.name.indexOf("hx-") === 0) next.setAttribute(a.name, a.value);
+  }
+  Idiomorph.morph(el, next, { morphStyle: "outerHTML" });
+  swapped({ detail: { target: el, pushed: true } });
+}
+
 export function initHtmxHooks(afterSwap) {
+  swapped = afterSwap;
   document.body.addEventListener("htmx:beforeSwap", (evt) => {
     // The overlay shows its "not found" fragment (404) instead of keeping stale content.
     const t = evt.detail.target;

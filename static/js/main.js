@@ -61,6 +61,7 @@ function start() {
       if (reconnect && S.lastSeq != null) send({ type: "resume", last_seq: S.lastSeq });
       if (reconnect) { refreshJobs(); refreshSoon("gauges"); refreshOverlay(); }
       restartPoll();
+      startGauges();
     },
     text(msg) { sawUpdate(); handleMessage(msg); },
     binary: handleBinary,
@@ -68,6 +69,7 @@ function start() {
       S.pendingPreview = null;
       socketClosed(wasOpen);
       restartPoll();
+      startGauges();
     },
   });
   restartPoll();

@@ -1,7 +1,7 @@
 /* What the socket's text messages mean for the page: hello (state on connect), progress, events, the
- * announcement of a preview frame, ComfyUI's connection state. */
+ * announcement of a preview frame, ComfyUI's connection state, pushed fragments (gauges, cards, current). */
 import { S, multi, TERMINAL } from "./state.js";
-import { refreshJobs, refreshJobsAndSettle, refreshSoon } from "./fragments.js";
+import { applyFragment, refreshJobs, refreshJobsAndSettle, refreshSoon } from "./fragments.js";
 import { setLive } from "./live.js";
 import { resetBackoff } from "./socket.js";
 import { clearPreview } from "./preview.js";
@@ -19,6 +19,7 @@ export function handleMessage(msg) {
     case "progress": return onProgress(msg);
     case "event": return onEvent(msg);
     case "preview": S.pendingPreview = msg; return;
+    case "fragment": return applyFragment(msg);
     case "comfy":
       if (multi) setHosts(msg);
       setComfy(msg.connected !== false);
