@@ -187,11 +187,29 @@ def http_json(method: str, url: str, body=None, timeout: float = 30.0):
         return json.loads(resp.read() or b"null")
 
 
-def monitor_role(tmp: str, upstream: "Role", comfy_url: str | None = None) -> "Role":
+def monitor_role(tmp: str, upstream: "Role", comfy_url: str | None = None, database_url: str | None = None) -> "Role":
     """The real app in its own process, watching `upstream` (or the hosts of `comfy_url`, a COMFYUI_URL
-    list), with its data and log under `tmp`."""
+    list), with its data and log under `tmp`; its jobs in PostgreSQL when `database_url` is given."""
     return Role("monitor", "--comfy-url", comfy_url or f"http://127.0.0.1:{upstream.port}", "--data-dir",
-                os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"))
+                os.path.join(tmp, "data"), log=os.path.join(tmp, "monitor.log"),
+                env={"DATABASE_URL": database_url} if database_url else {"DATABASE_URL": ""})
+
+
+def pg_cluster(database_url: str | None):
+    """(url, cluster): `database_url` as given, or a throwaway cluster from tests/pg.py when it is "pg"
+    (stop it with pg_destroy); (None, None) for SQLite."""
+    if database_url != "pg":
+        return database_url or None, None
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import pg
+    cluster = pg.create()
+    return cluster.url, cluster
+
+
+def pg_destroy(cluster) -> None:
+    if cluster is not None:
+        import pg
+        pg.destroy(cluster)
 
 
 def wait_connected(monitor_url: str, timeout: float = 30.0) -> None:

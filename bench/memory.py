@@ -8,7 +8,9 @@ only for active jobs (plus those finished within the last LINGER_S = 30 s, by de
 growth between the end of the warm-up and the end of the run (target <= 10 MB). The full run then waits out
 the linger and checks that the tracker holds nothing.
 
-    .venv/bin/python bench/memory.py [--jobs 10000] [--warmup 1000] [--quick]
+    .venv/bin/python bench/memory.py [--jobs 10000] [--warmup 1000] [--quick] [--database-url URL|pg]
+
+--database-url: the monitor stores its jobs in PostgreSQL (`pg`: a throwaway cluster from tests/pg.py).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Role, http_json, machine, rss, sampler_prompt, monitor_role, wait_connected  # noqa: E402
+from benchlib import (Role, http_json, machine, pg_cluster, pg_destroy, rss, sampler_prompt,  # noqa: E402
+                      monitor_role, wait_connected)
 
 LINGER_S = 30.0
 IN_FLIGHT = 8
@@ -33,12 +36,22 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=10_000)
     ap.add_argument("--warmup", type=int, default=1_000)
     ap.add_argument("--quick", action="store_true", help="smoke test: 150 jobs, 50 of warm-up, no linger wait")
+    ap.add_argument("--database-url", help="PostgreSQL URL, or `pg` for a throwaway cluster (default: SQLite)")
     args = ap.parse_args()
     total, warmup = (150, 50) if args.quick else (args.jobs, args.warmup)
     print(machine())
+    url, cluster = pg_cluster(args.database_url)
+    print(f"database: {'PostgreSQL' if url else 'SQLite'}")
+    try:
+        return run_bench(total, warmup, url, args.quick)
+    finally:
+        pg_destroy(cluster)
+
+
+def run_bench(total: int, warmup: int, database_url: str | None, quick: bool) -> int:
     tmp = tempfile.mkdtemp(prefix="bench-mem-")
     upstream = Role("upstream", "--engine", "synthetic", log=os.path.join(tmp, "upstream.log"))
-    monitor = monitor_role(tmp, upstream)
+    monitor = monitor_role(tmp, upstream, database_url=database_url)
     mon = f"http://127.0.0.1:{monitor.port}"
     expected: dict[str, str] = {}
     lock = threading.Lock()
@@ -104,7 +117,7 @@ def main() -> int:
         growth = (r1 - r0) / 2**20
         print(f"RSS growth over {total - warmup} jobs after the warm-up: {growth:+.2f} MiB (target <= 10 MB: "
               f"{'OK' if growth <= 10 * 1e6 / 2**20 else 'MISSED'})")
-        if not args.quick:
+        if not quick:
             time.sleep(LINGER_S + 5)
             s2 = http_json("GET", mon + "/bench/stats")
             r2 = rss(monitor.pid)

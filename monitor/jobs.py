@@ -2,6 +2,7 @@
 (DATABASE_URL, through db.py), migrated on open."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import json
@@ -190,7 +191,11 @@ class JobStore:
         self._generation = 0            # bumped by every write: a cached read is valid while unchanged
         self._active_brief: tuple[int, list[dict]] | None = None
         self._history_seen: dict[tuple, list[dict]] = {}
-        self._written: dict[str, tuple[int, dict]] = {}    # PostgreSQL: records written since the last active read   # PostgreSQL down: the last answers, for the views
+        self._written: dict[str, tuple[int, dict]] = {}    # PostgreSQL: records written since the last active read
+        # PostgreSQL down: writes waiting, in order, for the background writer (work, then-callback, retried)
+        self._pending: collections.deque = collections.deque()
+        self._draining = False
+        self._next_probe = 0.0        # PostgreSQL down: reads try the server again from this time on
         self._checkpointing = False   # a WAL checkpoint is running in an OS thread
         self._available = True
         self._closing = False
@@ -362,22 +367,101 @@ class JobStore:
             log.warning("PostgreSQL answers again")
         self._available = True
 
+    # --- writes that never wait for a down PostgreSQL (the listener's) ------------------------------
+    def _deferred(self) -> bool:
+        """PostgreSQL is down, or writes are still queued behind it: a new write joins the queue (order is
+        kept) and reads are answered from memory, which is newer than the database meanwhile."""
+        return self._pg_url is not None and (not self._available or bool(self._pending))
+
+    def _try_write(self, work) -> tuple[bool, object]:
+        """(True, result) when written now (SQLite always, as `_transact`); (False, None) when PostgreSQL is
+        down or did not answer this once: the caller queues the write with `_enqueue` instead of waiting."""
+        if not self._pg_url:
+            return True, self._transact(work)
+        if self._deferred():
+            return False, None
+        try:
+            with self._write() as conn:
+                result = work(conn, False)
+        except Exception as exc:
+            if not db.pg_retryable(exc) or self._closing:
+                raise
+            self._lost(exc, "write")
+            return False, None
+        self._back()
+        return True, result
+
+    def _enqueue(self, work, then=None) -> None:
+        """Write later, in order, retrying until PostgreSQL answers; `then(result)` once it is stored. The
+        work runs with retried=True: an earlier try may have committed before its answer was lost."""
+        self._generation += 1   # the views re-read (from memory) what this write changes
+        self._pending.append((work, then))
+        if not self._draining:
+            self._draining = True
+            threading.Thread(target=self._drain, name="store-writer", daemon=True).start()   # a greenlet under gevent
+
+    def _write_soon(self, work, then=None):
+        """Written now if the database answers, else queued: the caller never waits for a down server.
+        Returns the result, or None when queued."""
+        done, result = self._try_write(work)
+        if not done:
+            self._enqueue(work, then)
+            return None
+        if then is not None:
+            then(result)
+        return result
+
+    def _drain(self) -> None:
+        attempt = 0
+        try:
+            while self._pending and not self._closing:
+                work, then = self._pending[0]
+                try:
+                    with self._write() as conn:
+                        result = work(conn, True)
+                except Exception as exc:  # noqa: BLE001 - the writer must outlive any one write
+                    if db.pg_retryable(exc):
+                        self._lost(exc, "write")
+                        db.sleep(db.backoff(attempt))
+                        attempt += 1
+                        continue
+                    log.exception("a queued database write failed and was dropped")
+                    self._pending.popleft()
+                    continue
+                attempt = 0
+                self._pending.popleft()
+                self._back()
+                if then is not None:
+                    try:
+                        then(result)
+                    except Exception:  # noqa: BLE001
+                        log.exception("after a queued database write")
+        finally:
+            self._draining = False
+            if self._pending and self._closing:
+                log.warning("%d database writes were still waiting for PostgreSQL at shutdown", len(self._pending))
+
     def _query(self, sql: str, params=()) -> list:
         if not self._pg_url:
             with self._lock:
                 return self._conn.execute(sql, params).fetchall()
+        if self._pending:
+            raise StoreUnavailable(f"writes to PostgreSQL at {self.path} are still queued")
+        if not self._available and time.monotonic() < self._next_probe:
+            raise StoreUnavailable(f"PostgreSQL at {self.path} is not answering")
         try:
             rows = self._pool.query(sql, params)
         except Exception as exc:
             if not db.pg_retryable(exc):
                 raise
             self._lost(exc, "read")
+            self._next_probe = time.monotonic() + 1.0   # a read tries the server at most once a second meanwhile
             raise StoreUnavailable(f"PostgreSQL at {self.path} is not answering: {exc}") from exc
         self._back()
         return rows
 
     def close(self) -> None:
-        self._closing = True   # a write waiting for PostgreSQL gives up (within one backoff step)
+        self._closing = True   # a write waiting for PostgreSQL gives up (within one backoff step), so does the queue
         with self._lock:
             for _ in range(1000):   # a checkpoint still copying: let it finish (at most 10 s)
                 if not self._checkpointing:
@@ -559,7 +643,8 @@ class JobStore:
                 raise
             if graph_json is not None:
                 self._put_graph(conn, record["id"], graph_json)
-        self._transact(insert)
+        if self._write_soon(insert) is None and self._pg_url:
+            log.info("job %s is recorded once PostgreSQL answers", record["id"])
         record.pop("graph", None)   # as update(): without the graph, which the caller has
         return self._wrote(json.loads(json.dumps(record, default=str)))   # as stored (JSON round-tripped), same shape as get(graph=False)
 
@@ -582,8 +667,33 @@ class JobStore:
             raise ValueError("a job's id cannot change")
         if "status" in fields:
             _check_status(fields["status"])
-        applied, job = self._transact(lambda conn, retried: self._change_in(conn, job_id, allowed_from, fields))
+        done, result = self._try_write(lambda conn, retried: self._change_in(conn, job_id, allowed_from, fields))
+        if not done:
+            return self._change_later(job_id, allowed_from, fields)
+        applied, job = result
         return applied, (self._wrote(job) if applied and job else job)
+
+    def _change_later(self, job_id, allowed_from, fields) -> tuple[bool, dict | None]:
+        """PostgreSQL is down: decide on the record held in memory, queue the write with the times decided
+        now (a job that finished during the outage keeps its real finished_at), and answer from memory.
+        (False, None) for a job not held in memory: the write is queued all the same."""
+        try:
+            current = json.loads(_dumps(self._remembered(job_id)))
+        except StoreUnavailable:
+            current = None
+        if current is None:
+            self._enqueue(lambda conn, retried: self._change_in(conn, job_id, allowed_from, fields))
+            return False, None
+        applied, record = self._decide(job_id, current, allowed_from, fields)
+        if not applied:
+            return False, record
+        resolved = dict(fields)
+        for name in ("finished_at", "started_at"):
+            if record.get(name) and name not in fields and record[name] != current.get(name):
+                resolved[name] = record[name]
+        self._enqueue(lambda conn, retried: self._change_in(conn, job_id, allowed_from, resolved))
+        record.pop("graph", None)
+        return True, self._wrote(json.loads(_dumps(record)))
 
     def _wrote(self, job: dict) -> dict:
         """PostgreSQL: keep what was written, so that the views show it while the server is down."""
@@ -607,6 +717,21 @@ class JobStore:
         if row is None:
             return False, None
         current = _row_to_job(row, _BRIEF_NAMES)
+        applied, record = self._decide(job_id, current, allowed_from, fields)
+        if not applied:
+            return False, current
+        changed = {k: v for k, v in record.items() if k != "id" and (k in fields or v != current.get(k))}
+        if changed:
+            columns, graph_json = self._columns(changed)
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
+        if "graph" in changed:
+            self._put_graph(conn, job_id, graph_json)
+        record.pop("graph", None)
+        return True, json.loads(_dumps(record))   # as get() would return it (JSON round trip)
+
+    def _decide(self, job_id, current: dict, allowed_from, fields) -> tuple[bool, dict]:
+        """(applied, the new record) for `fields` on `current`; (False, current) when refused."""
         if allowed_from is not None and current["status"] not in allowed_from:
             return False, current
         new_status = fields.get("status", current["status"])
@@ -624,15 +749,7 @@ class JobStore:
         if started and current["started_at"] and epoch_from_iso(current["started_at"]) < epoch_from_iso(started):
             record["started_at"] = current["started_at"]  # a start time never moves forward
         self._settle(record, fields)
-        changed = {k: v for k, v in record.items() if k != "id" and (k in fields or v != current.get(k))}
-        if changed:
-            columns, graph_json = self._columns(changed)
-            assignments = ", ".join(f"{name} = ?" for name in columns)
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
-        if "graph" in changed:
-            self._put_graph(conn, job_id, graph_json)
-        record.pop("graph", None)
-        return True, json.loads(_dumps(record))   # as get() would return it (JSON round trip)
+        return True, record
 
     def status(self, job_id) -> str | None:
         """Just the status (None if unknown): what per-message checks need, without parsing a record."""
@@ -650,7 +767,7 @@ class JobStore:
                 return dict(self._remembered(job_id))
             return _row_to_job(rows[0], _BRIEF_NAMES) if rows else None
         job = self.get(job_id, graph=False)
-        if job and not self._available:
+        if job and self._deferred():
             return {**job, "graph": None}
         return self._with_graphs([job])[0] if job else None
 
@@ -780,7 +897,7 @@ class JobStore:
             last = conn.execute("SELECT MAX(id) FROM node_timings").fetchone()[0] or 0
             if last > self.TIMINGS_KEEP:
                 conn.execute("DELETE FROM node_timings WHERE id <= ?", (last - self.TIMINGS_KEEP,))
-        self._transact(work)
+        self._write_soon(work)
 
     def timings(self, limit: int = 50_000) -> list[dict]:
         """The newest recorded node timings, oldest first (what an Estimator is loaded with)."""
@@ -871,9 +988,22 @@ class EventBus:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
         event = {"seq": None, "ts": utcnow_iso(), "kind": str(kind), "severity": severity,
                  "message": str(message), "data": data if data is not None else {}}
-        event["seq"] = self.store._transact(lambda conn, retried: conn.execute(
-            "INSERT INTO events (ts, kind, severity, message, data) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-            (event["ts"], event["kind"], severity, event["message"], _dumps(event["data"]))).fetchone()[0])
+        values = (event["ts"], event["kind"], severity, event["message"], _dumps(event["data"]))
+
+        def insert(conn, retried):
+            if retried:   # an earlier try may have committed: one event, once
+                row = conn.execute("SELECT seq FROM events WHERE ts = ? AND kind = ? AND message = ? AND data = ?",
+                                   (values[0], values[1], values[3], values[4])).fetchone()
+                if row is not None:
+                    return row[0]
+            return conn.execute("INSERT INTO events (ts, kind, severity, message, data) VALUES (?, ?, ?, ?, ?) "
+                                "RETURNING seq", values).fetchone()[0]
+        # PostgreSQL down: stored (and handed to subscribers, with its seq) once it answers.
+        self.store._write_soon(insert, lambda seq: self._stored(event, seq))
+        return event
+
+    def _stored(self, event: dict, seq: int) -> None:
+        event["seq"] = seq
         self._last_emitted = max(self._last_emitted, event["seq"])
         self._since_trim += 1
         if self._since_trim >= self._trim_every:
@@ -884,12 +1014,11 @@ class EventBus:
                 callback(event)
             except Exception:  # a broken subscriber must not break the emitter (the listener)
                 log.exception("on_event failed for event %s", event["seq"])
-        return event
 
     def _trim(self, last: int) -> None:
         self._since_trim = 0
         if last > self.keep:
-            self.store._transact(lambda conn, retried: conn.execute(
+            self.store._write_soon(lambda conn, retried: conn.execute(
                 "DELETE FROM events WHERE seq <= ?", (last - self.keep,)))
 
     def since(self, seq, limit=500) -> list[dict]:

@@ -2,6 +2,7 @@
 database, an outage while jobs run, and `migrate --from-sqlite`. Against a real server (tests/pg.py)."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ import gevent
 import psycopg
 import pytest
 import requests
+import websocket
 
 import pg
 from conftest import pg_url_or_skip
@@ -133,41 +135,83 @@ def test_a_second_monitor_waits_for_the_lease_and_takes_over(url, tmp_path, capl
 
 
 def test_an_outage_while_a_job_runs_loses_nothing(tmp_path):
-    """The server is stopped while a job runs and finishes, then started again: the page kept answering,
-    /healthz said the database was down, and the job's final state is stored once it is back."""
+    """The server is stopped while a job runs and others wait, then started again: the page kept answering
+    and live progress kept reaching a browser socket (a job that started during the outage included: the
+    listener never waits for the database), /healthz said the database was down, and every job's final
+    state is stored once it is back, each event once."""
     pg_url_or_skip()
     cluster = pg.create()   # its own server, to stop and start (a temp dir the postgres user can reach)
     fake = FakeComfy(speed=1.5)   # the recorded run takes a few seconds
-    server = None
+    server = browser = None
     try:
         server = LiveServer(fake, str(tmp_path / "data"), database_url=cluster.url)
-        job = server.submit()
-        server.wait_status(job["id"], "running")
+        browser = websocket.create_connection(server.url.replace("http", "ws", 1) + "/api/run/ws", timeout=10)
+        jobs = [server.submit() for _ in range(3)]
+        ids = [job["id"] for job in jobs]
+        first = server.wait_status(ids[0], "running")
         cluster.stop("fast")
         health = wait_for(lambda: (lambda r: [r] if r.status_code == 503 else None)(server.get("/healthz")),
                           timeout=10, what="/healthz to notice")[0]   # (a 503 Response is falsy)
         assert health.json()["status"] == "database down"
         queue = server.get("/api/admin/queue")
-        assert queue.status_code == 200 and job["id"] in queue.text, "the page works from memory"
+        assert queue.status_code == 200 and first["id"] in queue.text, "the page works from memory"
         assert server.post("/api/run", json={"prompt": {"1": {}}}).status_code in (400, 503)
-        wait_for(lambda: not fake_running(fake), timeout=30, what="ComfyUI to finish the job")
+        # Live progress during the outage: the first job ends (its final state cannot be stored yet) and the
+        # next one starts and streams its steps to the page.
+        running = _progress_of_a_later_job(browser, ids[1:], timeout=30)
+        assert running["prompt_id"] in ids[1:]
+        assert cluster_down(cluster), "the database was down all along"
+        assert server.get("/healthz").status_code == 503
+        wait_for(lambda: not fake_running(fake), timeout=60, what="ComfyUI to finish the jobs")
         time.sleep(1.0)
         cluster.start()
-        done = server.wait_status(job["id"], "completed", timeout=30)
-        assert done["outputs"], "its outputs were stored"
+        for job_id in ids:
+            done = server.wait_status(job_id, "completed", timeout=30)
+            assert done["outputs"], "its outputs were stored"
         wait_for(lambda: server.get("/healthz").status_code == 200, timeout=15, what="/healthz to recover")
         with psycopg.connect(cluster.url) as conn:
-            status = conn.execute("SELECT status FROM jobs WHERE id = %s", (job["id"],)).fetchone()[0]
-            kinds = [r[0] for r in conn.execute("SELECT kind FROM events ORDER BY seq")]
-        assert status == "completed"
-        assert kinds.count("job.completed") == 1
+            stored = dict(conn.execute("SELECT id, status FROM jobs").fetchall())
+            finished = dict(conn.execute("SELECT id, finished_at FROM jobs").fetchall())
+            events = conn.execute("SELECT kind, data FROM events ORDER BY seq").fetchall()
+        assert all(stored[job_id] == "completed" for job_id in ids)
+        for job_id in ids:
+            kinds = [kind for kind, data in events if job_id in (data or "")]
+            assert kinds.count("job.completed") == 1 and kinds.count("job.started") == 1, kinds
+            assert kinds.index("job.started") < kinds.index("job.completed"), "stored in order"
+        # The first job ended during the outage: its finish time is when it ended, not when it was stored.
+        assert finished[ids[0]] < finished[ids[2]]
         after = server.submit()
         server.wait_status(after["id"], "completed")
     finally:
+        if browser is not None:
+            browser.close()
         if server is not None:
             server.stop_app()
         fake.stop()
         pg.destroy(cluster)
+
+
+def _progress_of_a_later_job(ws, ids, timeout: float) -> dict:
+    """The first progress message, with a sampler step under way, of one of `ids` (text frames only)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ws.settimeout(max(0.1, deadline - time.time()))
+        opcode, data = ws.recv_data()
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            continue
+        frame = json.loads(data)
+        if (frame.get("type") == "progress" and frame.get("prompt_id") in ids and frame.get("status") == "running"
+                and (frame.get("step") or {}).get("value")):
+            return frame
+    raise AssertionError("no live progress of a job that started during the outage reached the page")
+
+
+def cluster_down(cluster) -> bool:
+    try:
+        psycopg.connect(cluster.url, connect_timeout=2).close()
+    except psycopg.OperationalError:
+        return True
+    return False
 
 
 def fake_running(fake) -> bool:
