@@ -13,7 +13,7 @@ from . import graph as graphs
 from .config import Config
 from .estimate import Estimator
 from .hub import Hub
-from .jobs import FINISHED, EventBus, JobStore, StoreError, prune_step
+from .jobs import FINISHED, EventBus, JobStore, StoreError, count_active, prune_step
 from .metrics import Metrics
 from .service import Host, SubmitError, _load_client_id
 from .telemetry import RemoteTelemetry, Telemetry
@@ -164,9 +164,10 @@ class Fleet:
 
     def hosts_state(self) -> list[dict]:
         out = []
+        by_host = self.counts_by_host()
         for host in self.hosts:
             st = host.listener.status()
-            counts = host.active_counts()
+            counts = by_host.get(host.name) or count_active([])
             # A short sentence for people; the exception text is in the log (listener, service).
             if st["connected"]:
                 error = "ComfyUI's /queue answer is unreadable (details in the log)" if host.answer_error else None
@@ -202,7 +203,7 @@ class Fleet:
         """Every running job, decorated as current_job() is, in configured host order: the page's Current
         Job panels, which keep their places while jobs on other hosts start and end."""
         order = {host.name: index for index, host in enumerate(self.hosts)}
-        running = [job for job in self.store.active(graph=False) if job["status"] == "running"]
+        running = [job for job in self.store.active(graph=False, shared=True) if job["status"] == "running"]
         running.sort(key=lambda job: (order.get(job.get("host"), len(order)), job.get("started_at") or ""))
         return [self._decorate(self.host_of(job), job, brief=True) for job in running]
 
@@ -210,7 +211,7 @@ class Fleet:
         """Each host's newest finished job if it ended less than `within_s` ago and nothing runs there since:
         what the Current Job panel shows for a few seconds after a job ends (its outcome). Host order."""
         now = time.time() if now is None else now
-        busy = {job.get("host") for job in self.store.active(graph=False) if job["status"] == "running"}
+        busy = {job.get("host") for job in self.store.active(graph=False, shared=True) if job["status"] == "running"}
         newest: dict = {}
         for job in self.store.history(limit=2 * len(self.hosts) + 2, graph=False):
             ended = epoch_from_iso(job.get("finished_at")) if job.get("finished_at") else None
@@ -226,7 +227,7 @@ class Fleet:
         they were queued (ties keep run order); queue positions stay per host."""
         versions = self.active_versions()
         if len(self.hosts) > 1:
-            jobs = {job["id"]: job for job in self.store.active(graph=False)}
+            jobs = {job["id"]: job for job in self.store.active(graph=False, shared=True)}
             order = {host.name: index for index, host in enumerate(self.hosts)}
 
             def key(item):
@@ -281,13 +282,19 @@ class Fleet:
         return {pid for host in self.hosts for pid in host.tracker.volatile_ids()}
 
     def active_counts(self) -> dict:
-        jobs = self.store.active(graph=False, shared=True)
-        running = sum(1 for j in jobs if j["status"] == "running")
-        return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
+        return count_active(self.store.active(graph=False, shared=True))
+
+    def counts_by_host(self) -> dict[str, dict]:
+        """{host name: count_active(...)} from one read of the active list (a job without a host is the
+        first host's; hosts no longer configured keep their names)."""
+        jobs: dict[str, list] = {}
+        for job in self.store.active(graph=False, shared=True):
+            jobs.setdefault(job.get("host") or self.hosts[0].name, []).append(job)
+        return {name: count_active(group) for name, group in jobs.items()}
 
     def current_job(self) -> dict | None:
         """The running job (the first by queue order if we believe in several) of a configured host."""
-        for job in self.store.active(graph=False):
+        for job in self.store.active(graph=False, shared=True):
             if job["status"] == "running" and self.host_of(job) is not None:
                 return self._decorate(self.host_of(job), job, brief=True)
         return None

@@ -104,6 +104,12 @@ def _start_os_thread(target) -> None:
     start(target, ())
 
 
+def count_active(jobs) -> dict:
+    """{"total", "running", "queued"} of a list of active jobs."""
+    running = sum(1 for j in jobs if j["status"] == "running")
+    return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
+
+
 class StoreError(RuntimeError):
     """The database cannot be opened or written; the message names the path and the fix."""
 

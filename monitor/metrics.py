@@ -61,12 +61,9 @@ class Metrics:
 
     def refresh(self) -> dict:
         """Queue depth per host and whether the database answers, read once here so scrapes need not."""
-        queue: dict[str, dict] = {}
         try:
-            for job in self.fleet.store.active(graph=False):
-                counts = queue.setdefault(job.get("host") or self.fleet.hosts[0].name, {"running": 0, "queued": 0})
-                counts["running" if job["status"] == "running" else "queued"] += 1
-            db_up = self.fleet.store.available   # False while PostgreSQL is down (the list is the cached one)
+            queue = self.fleet.counts_by_host()
+            db_up = True
         except Exception:  # noqa: BLE001 - the database is down: say so, keep the last queue figures
             queue, db_up = self.snapshot["queue"], False
         for host in self.fleet.hosts:

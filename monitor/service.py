@@ -17,7 +17,7 @@ from . import markers, reconciler
 from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
 from .config import ComfyHost, Config
 from .jobs import FINISHED as TERMINAL  # the four end states and stalled: nothing more will happen
-from .jobs import EventBus, JobStore, RawJSON
+from .jobs import EventBus, JobStore, RawJSON, count_active
 from .listener import Listener
 from .timeutil import epoch_from_iso, iso_from_epoch, iso_from_epoch_ms, utcnow_iso
 from .tracker import Tracker
@@ -151,9 +151,7 @@ class Host:
         return None
 
     def active_counts(self) -> dict:
-        jobs = self.own_active(graph=False)
-        running = sum(1 for j in jobs if j["status"] == "running")
-        return {"total": len(jobs), "running": running, "queued": len(jobs) - running}
+        return count_active([j for j in self.store.active(graph=False, shared=True) if j.get("host") == self.name])
 
     def get_job(self, job_id: str, graph: bool = True) -> dict | None:
         job = self.store.get(job_id, graph=graph)

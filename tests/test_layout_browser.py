@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from browser import requires_chromium
+from browser import open_queue_page, requires_chromium
 from live import LiveServer, wait_for
 
 pytestmark = requires_chromium
@@ -55,16 +55,7 @@ def demo(tmp_path):
     sim.stop(abrupt=False)
 
 
-def open_page(browser, server, viewport, scale=1, init=""):
-    context = browser.new_context(viewport=viewport, device_scale_factor=scale)
-    if init:
-        context.add_init_script(init)
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server.url + "/admin/queue")
-    page.wait_for_function("() => document.getElementById('live').dataset.state === 'live'", timeout=20_000)
-    return context, page, errors
+open_page = open_queue_page
 
 
 def test_cumulative_layout_shift_stays_under_a_tenth_while_jobs_run_and_finish(demo, browser):

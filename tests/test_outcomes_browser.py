@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from browser import requires_chromium
+from browser import open_queue_page, requires_chromium
 from fake_comfy import FakeComfy
 from live import LiveServer
 from monitor.demo import DEMO_PROMPT, SyntheticEngine
@@ -84,14 +84,7 @@ def failing_server(tmp_path):
 
 
 def open_page(browser, server, init=NOTIFICATIONS):
-    context = browser.new_context(viewport={"width": 1366, "height": 900})
-    context.add_init_script(init)
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server.url + "/admin/queue")
-    page.wait_for_function("() => document.getElementById('live').dataset.state === 'live'", timeout=20_000)
-    return context, page, errors
+    return open_queue_page(browser, server, init=init)
 
 
 def test_numbers_agree_and_a_completed_job_shows_its_outcome_then_clears(server, browser):
