@@ -288,8 +288,9 @@ class Hub:
             except (ValueError, RecursionError):
                 pass
         kind = msg.get("type") if isinstance(msg, dict) else None
-        if kind == "previews" and self._choose_previews(c, msg):
-            pass
+        if kind == "previews":
+            if not self._choose_previews(c, msg):
+                self.counters["messages_ignored"] += 1
         elif kind == "resume" and type(msg.get("last_seq")) is int and not c.resumed:
             # Once per session: each resume costs an events query, so a flood of them is ignored.
             c.resumed = True

@@ -346,18 +346,26 @@ class JobStore:
         attempt = 0
         with self._lock:
             while True:
-                try:
-                    with self._write() as conn:
-                        result = work(conn, attempt > 0)
-                except Exception as exc:
-                    if not db.pg_retryable(exc) or self._closing:
-                        raise
-                    self._lost(exc, "write")
-                    db.sleep(db.backoff(attempt))
-                    attempt += 1
-                    continue
-                self._back()
-                return result
+                done, result = self._attempt(work, attempt > 0)
+                if done:
+                    return result
+                db.sleep(db.backoff(attempt))
+                attempt += 1
+
+    def _attempt(self, work, retried: bool) -> tuple[bool, object]:
+        """One try of a PostgreSQL write: (True, result), or (False, None) when the server is lost or not
+        answering (noted: the views serve memory until it answers). Anything else, or any failure while
+        closing, raises."""
+        try:
+            with self._write() as conn:
+                result = work(conn, retried)
+        except Exception as exc:
+            if not db.pg_retryable(exc) or self._closing:
+                raise
+            self._lost(exc, "write")
+            return False, None
+        self._back()
+        return True, result
 
     def _lost(self, exc, what: str) -> None:
         if self._conn is not None and (what == "write" or self._conn.broken):
@@ -386,16 +394,7 @@ class JobStore:
             return True, self._transact(work)
         if self._deferred():
             return False, None
-        try:
-            with self._write() as conn:
-                result = work(conn, False)
-        except Exception as exc:
-            if not db.pg_retryable(exc) or self._closing:
-                raise
-            self._lost(exc, "write")
-            return False, None
-        self._back()
-        return True, result
+        return self._attempt(work, False)
 
     def _enqueue(self, work, then=None) -> None:
         """Write later, in order, retrying until PostgreSQL answers; `then(result)` once it is stored. The
@@ -423,20 +422,19 @@ class JobStore:
             while self._pending and not self._closing:
                 work, then = self._pending[0]
                 try:
-                    with self._write() as conn:
-                        result = work(conn, True)
+                    done, result = self._attempt(work, True)
                 except Exception as exc:  # noqa: BLE001 - the writer must outlive any one write
-                    if db.pg_retryable(exc):
-                        self._lost(exc, "write")
-                        db.sleep(db.backoff(attempt))
-                        attempt += 1
-                        continue
+                    if db.pg_retryable(exc):   # only while closing: it stays queued, counted below
+                        break
                     log.exception("a queued database write failed and was dropped")
                     self._pending.popleft()
                     continue
+                if not done:
+                    db.sleep(db.backoff(attempt))
+                    attempt += 1
+                    continue
                 attempt = 0
                 self._pending.popleft()
-                self._back()
                 if then is not None:
                     try:
                         then(result)
