@@ -258,6 +258,19 @@ def _nearest_existing(path):
 
 # --- the sampler -----------------------------------------------------------------------------------
 
+def remember_gpu(history: dict, key, device: dict, t: float, history_s: float, maxlen: int | None = None) -> dict:
+    """Add a device's load and memory percent (when known) at time t to `history[key]`, forgetting points
+    older than `history_s`; returns that device's {"load": deque, "memory": deque} of (t, percent)."""
+    series = history.setdefault(key, {"load": deque(maxlen=maxlen), "memory": deque(maxlen=maxlen)})
+    for name, value in (("load", device.get("load_percent")), ("memory", device.get("memory_percent"))):
+        points = series[name]
+        if isinstance(value, (int, float)):
+            points.append((round(t, 3), value))
+        while points and points[0][0] < t - history_s:
+            points.popleft()
+    return series
+
+
 class Telemetry:
     def __init__(self, config, comfy=None, interval=1.5, *, gpu_timeout=5.0,
                  cgroup_root="/sys/fs/cgroup", history_s=HISTORY_S):
@@ -387,15 +400,8 @@ class Telemetry:
         return devices, reason, ("comfyui" if devices else None)
 
     def _remember(self, source, device, t):
-        series = self._history.setdefault((source, device["index"]), {
-            "load": deque(maxlen=int(self.history_s / max(self.interval, 0.05)) + 8),
-            "memory": deque(maxlen=int(self.history_s / max(self.interval, 0.05)) + 8)})
-        for key, value in (("load", device["load_percent"]), ("memory", device["memory_percent"])):
-            points = series[key]
-            if value is not None:
-                points.append((round(t, 3), value))
-            while points and points[0][0] < t - self.history_s:
-                points.popleft()
+        remember_gpu(self._history, (source, device["index"]), device, t, self.history_s,
+                     maxlen=int(self.history_s / max(self.interval, 0.05)) + 8)
 
     def _compose(self, sampled_at, cpu, ram, disk, now):
         gpu = self._gpu
@@ -511,13 +517,8 @@ class RemoteTelemetry:
         for d in devices:
             index = d.get("index") if isinstance(d.get("index"), int) else len(seen)
             seen.add(index)
-            hist = self._history.setdefault(index, {"load": deque(), "memory": deque()})
-            for key, value in (("load", d.get("load_percent")), ("memory", d.get("memory_percent"))):
-                if isinstance(value, (int, float)):
-                    hist[key].append([round(now, 1), value])
-                while hist[key] and hist[key][0][0] < now - self.history_s:
-                    hist[key].popleft()
-            d["history"] = {key: list(points) for key, points in hist.items()}
+            hist = remember_gpu(self._history, index, d, now, self.history_s)
+            d["history"] = {key: [list(p) for p in points] for key, points in hist.items()}
         for index in set(self._history) - seen:
             del self._history[index]
         return {**snap, "interval_s": self.interval, "source": "relay_node",
