@@ -10,6 +10,7 @@ import uuid
 
 import gevent
 from gevent.lock import RLock
+from gevent.pool import Group
 
 from . import estimate as estimates
 from . import graph as graphs
@@ -90,6 +91,7 @@ class Host:
         self._reconciled_epoch = 0     # the _disconnects value the last full reconcile accounted for
         self._wake = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
+        self._tasks = Group()   # one-off work (after a connect, object_info, /history fixes): killed by stop()
         self._was_busy = False
         self.started_at = time.time()
         self.reconciled_at: float | None = None
@@ -113,6 +115,7 @@ class Host:
         for g in self._greenlets:
             g.kill(block=False)
         self._greenlets.clear()
+        self._tasks.kill(block=False)
         self.listener.stop()
 
     def own_active(self, graph: bool = True) -> list[dict]:
@@ -335,7 +338,7 @@ class Host:
         except ComfyRejected as exc:
             message, details = _rejection_message(exc, prompt)
             self._settle(prompt_id, "failed", error={"message": message, "node_errors": details})
-            gevent.spawn(self.refresh_object_info)
+            self._tasks.spawn(self.refresh_object_info)
             raise SubmitError(400 if exc.status < 500 else 502, message, details, self.get_job(prompt_id, graph=False))
         except ComfyUnavailable as exc:
             # Refused or timed out: it may or may not be queued. The reconciler decides from /queue.
@@ -410,7 +413,7 @@ class Host:
         self.events.emit("comfy.connected", f"Connected to ComfyUI at {self.spec.base}",
                          data={"host": self.name})
         self.hub.publish({"type": "comfy", **self.fleet.comfy_state()})
-        gevent.spawn(self._after_connect)
+        self._tasks.spawn(self._after_connect)
 
     def _after_connect(self) -> None:
         self.comfy.probe_features()
@@ -657,7 +660,7 @@ class Host:
                 if state.get("nodes_uncertain") and status != "stalled" and history is None:
                     # A run we joined late ended by its message: /history has its start time and cached
                     # nodes (written moments after that message), so the record can still be made exact.
-                    gevent.spawn(self._correct_from_history, pid)
+                    self._tasks.spawn(self._correct_from_history, pid)
             if status == "completed":
                 self._record_timings(pid, job.get("graph"))
             job = self.store.update(pid, **fields)

@@ -187,3 +187,38 @@ def test_the_overlay_names_the_output_folder_of_saved_outputs(server):
     html = server.get(f"/admin/jobs/{job['id']}/overlay").text
     folder = re.search(r"<dt>Output folder</dt><dd>(.*?)</dd>", html, re.S).group(1)
     assert "ComfyUI output" in folder and "—" not in folder, folder
+
+
+# Every socket message reaches the page 0.5 s late, so the server's state (what a freshly fetched overlay is
+# rendered from) runs a few steps ahead of the panel.
+SLOW_SOCKET = """
+    window.WebSocket = class extends window.WebSocket {
+        set onmessage(fn) { super.onmessage = (ev) => setTimeout(() => fn(ev), 500); }
+        get onmessage() { return super.onmessage; }
+    };
+"""
+
+
+def test_an_overlay_opened_behind_a_slow_socket_reads_the_panel_progress(server, browser):
+    context, page, errors = open_page(browser, server, SLOW_SOCKET)
+    try:
+        job = server.submit(prompt(5, steps=60), workflow_name="Slow socket")
+        page.wait_for_function("() => /Step [1-9]/.test((document.querySelector('#current [data-f=\"step\"]')"
+                               " || {}).textContent || '')", timeout=20_000)
+        page.evaluate(SAMPLER)
+        for _ in range(3):
+            page.click(f"#job-{job['id']} .wf-name")
+            page.wait_for_selector('#overlay-job [data-f="percent"]', timeout=10_000)
+            page.wait_for_timeout(600)
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(200)
+        page.evaluate("() => cancelAnimationFrame(window.__raf)")
+        frames = [f for f in page.evaluate("() => window.__frames")
+                  if f["overlayPct"] is not None and f["job"] == job["id"]]
+        assert len(frames) > 10
+        apart = [(f["overlayPct"], f["panelPct"], f["overlayStep"], f["panelStep"]) for f in frames
+                 if f["overlayPct"] != f["panelPct"] or f["overlayStep"] != f["panelStep"]]
+        assert apart == []
+        assert errors == []
+    finally:
+        context.close()

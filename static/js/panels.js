@@ -181,6 +181,16 @@ function overlayProgress(p) {
   refreshOverlayThrottled();
 }
 
+/* A freshly loaded overlay body is rendered from the server's state, which can be a message ahead of (or
+ * behind) the panel behind it: give it the panel's progress, so both read the same until the next message. */
+function syncOverlay() {
+  const id = S.overlayId;
+  const body = $("overlay-body");
+  if (!id || !body || !body.querySelector('[data-f="bar"]')) return;
+  const p = multi ? S.runs[id] : (S.latest && S.latest.prompt_id === id ? S.latest : null);
+  if (p) updatePanel(body, p);
+}
+
 /* After a fragment swap: a panel that shows a new job starts with an empty bar, without sliding back from
  * the last job's width (no transition for that one change). */
 function resetBars() {
@@ -235,6 +245,7 @@ function updateCurrent(p) {
 export function afterSwap() {
   resetBars();
   scheduleOutcome();
+  syncOverlay();
   if (multi) {
     eachPanel((el) => { const st = S.runs[el.dataset.jobId]; if (st) updatePanel(el, st); });
     follow();
