@@ -68,8 +68,9 @@ function start() {
     close(wasOpen) {
       S.pendingPreview = null;
       socketClosed(wasOpen);
-      restartPoll();
-      startGauges();
+      // Only a drop starts the fallback polls: a failed reconnect attempt leaves them running (restarting
+      // them at every attempt of the back-off would keep the 5 s poll from ever firing).
+      if (wasOpen) { restartPoll(); startGauges(); }
     },
   });
   restartPoll();
