@@ -891,7 +891,9 @@ class JobStore:
             return
         now = utcnow_iso()
 
-        def work(conn, _retried):
+        def work(conn, retried):
+            if retried:   # an earlier try may have committed before its answer was lost: one run, once
+                conn.execute("DELETE FROM node_timings WHERE job_id = ?", (job_id,))
             for r in rows:
                 conn.execute(
                     "INSERT INTO node_timings (job_id, host, node_id, class_type, cost, signature, steps, pixels, "

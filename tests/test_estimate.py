@@ -168,6 +168,25 @@ def test_timings_survive_in_the_store(tmp_path):
     store.close()
 
 
+def test_a_retried_timings_write_stores_the_run_once(database, monkeypatch):
+    # A PostgreSQL commit whose answer was lost is tried again with retried=True (JobStore._transact and the
+    # queue's drain): the retry must not count the run twice. Here the retry follows a write that did commit.
+    store = JobStore(database)
+    try:
+        writes = []
+        monkeypatch.setattr(store, "_write_soon", lambda work, then=None: writes.append(work))
+        rows = estimate.timing_rows(GRAPH, run(GRAPH, "a"), "gpu1")
+        store.record_timings("a", rows)
+        store.record_timings("b", rows)
+        store._transact(lambda conn, _r: writes[0](conn, False))
+        store._transact(lambda conn, _r: writes[1](conn, False))
+        store._transact(lambda conn, _r: writes[0](conn, True))
+        stored = store.timings()
+        assert sorted(r["job_id"] for r in stored) == sorted(["a"] * len(rows) + ["b"] * len(rows))
+    finally:
+        store.close()
+
+
 def test_card_thumbnail_precedence_live_output_then_record_output_then_input_then_none():
     from monitor.web.pages import job_thumb
 
