@@ -177,6 +177,7 @@ class Config:
     keep_graphs_mb: float = 256.0          # graphs of finished jobs kept, newest first, up to this size
     max_submissions: int = 2               # POST /api/run and execute handled at once; more wait (then 503)
     metrics_public: bool = False           # GET /metrics without credentials (for a scraper inside a trusted network)
+    shutdown_grace_s: float = 10.0         # PostgreSQL down at shutdown: wait this long for queued writes
     # Timings, exposed for tests; users rarely change them.
     reconcile_interval: float = 3.0
     hub_tick: float = 0.15
@@ -215,6 +216,7 @@ class Config:
             max_submissions=max(1, _int("MONITOR_MAX_SUBMISSIONS", cls.max_submissions)),
             demo_hosts=_int("MONITOR_DEMO_HOSTS", cls.demo_hosts),
             metrics_public=_env("MONITOR_METRICS_PUBLIC", "0") in ("1", "true", "yes"),
+            shutdown_grace_s=_float("MONITOR_SHUTDOWN_GRACE_S", cls.shutdown_grace_s, minimum=-1e-9),
         )
         cfg = cfg.with_overrides(**overrides)
         if not 1 <= cfg.demo_hosts <= MAX_DEMO_HOSTS:

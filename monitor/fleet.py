@@ -153,7 +153,7 @@ class Fleet:
     def close(self) -> None:
         """Stop, then release the database and its lease (a new Fleet may then take it)."""
         self.stop()
-        self.store.close()
+        self.store.close(grace=self.config.shutdown_grace_s)
 
     # --- hosts --------------------------------------------------------------------------------
     def busy(self) -> bool:

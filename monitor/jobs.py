@@ -442,8 +442,6 @@ class JobStore:
                         log.exception("after a queued database write")
         finally:
             self._draining = False
-            if self._pending and self._closing:
-                log.warning("%d database writes were still waiting for PostgreSQL at shutdown", len(self._pending))
 
     def _query(self, sql: str, params=()) -> list:
         if not self._pg_url:
@@ -464,8 +462,26 @@ class JobStore:
         self._back()
         return rows
 
-    def close(self) -> None:
+    def pending_writes(self) -> int:
+        """Writes queued while PostgreSQL does not answer (always 0 with SQLite)."""
+        return len(self._pending)
+
+    def close(self, grace: float = 0.0) -> None:
+        """Release the database. With PostgreSQL down and writes still queued, first wait up to `grace`
+        seconds (cooperatively) for it to come back and take them: a restart during a short outage loses
+        nothing. (Heroku allows 30 s between SIGTERM and SIGKILL.)"""
+        if self._pending and grace > 0:
+            log.warning("%d database writes are waiting for PostgreSQL; shutdown waits up to %g s for them",
+                        len(self._pending), grace)
+            deadline = time.monotonic() + grace
+            while self._pending and time.monotonic() < deadline:
+                db.sleep(0.1)
+            if not self._pending:
+                log.info("the queued database writes were stored")
         self._closing = True   # a write waiting for PostgreSQL gives up (within one backoff step), so does the queue
+        if self._pending:
+            log.warning("%d database writes were still waiting for PostgreSQL at shutdown and are not stored",
+                        len(self._pending))
         with self._lock:
             for _ in range(1000):   # a checkpoint still copying: let it finish (at most 10 s)
                 if not self._checkpointing:

@@ -27,6 +27,11 @@ def test_environment_is_read_in_one_place_and_flags_win(monkeypatch):
     assert cfg.comfy_ws_url == "wss://comfy.example:8443/base/ws"
     assert cfg.comfy_auth == ("user", "p@ss")
     assert cfg.instant_nodes == frozenset({"MyRouter", "Other"})
+    assert cfg.shutdown_grace_s == 10.0
+    monkeypatch.setenv("MONITOR_SHUTDOWN_GRACE_S", "25")
+    assert Config.from_env().shutdown_grace_s == 25.0
+    monkeypatch.setenv("MONITOR_SHUTDOWN_GRACE_S", "0")
+    assert Config.from_env().shutdown_grace_s == 0.0    # 0: do not wait
     assert Config.from_env(port=1234, comfyui_url="http://h:1").comfy_ws_url == "ws://h:1/ws"
     monkeypatch.setenv("MONITOR_PORT", "eighty")
     monkeypatch.delenv("PORT")

@@ -191,6 +191,38 @@ def test_an_outage_while_a_job_runs_loses_nothing(tmp_path):
         pg.destroy(cluster)
 
 
+def test_a_shutdown_during_an_outage_waits_for_the_queued_writes(caplog):
+    """A deploy restarts the monitor while PostgreSQL is briefly down: close() waits (up to the grace,
+    MONITOR_SHUTDOWN_GRACE_S) for the server to take the writes queued meanwhile, instead of losing them."""
+    pg_url_or_skip()
+    cluster = pg.create()
+    try:
+        store = JobStore(cluster.url)
+        store.create({"id": "a", "status": "running"})
+        assert store.get("a")["status"] == "running"
+        cluster.stop("fast")
+        assert store.transition("a", {"running"}, status="completed")["status"] == "completed"   # from memory
+        assert store.pending_writes() == 1
+        gevent.spawn_later(2.0, cluster.start)
+        started = time.monotonic()
+        store.close(grace=60)
+        assert time.monotonic() - started < 60
+        assert "shutdown waits up to 60 s" in caplog.text
+        with psycopg.connect(cluster.url) as conn:
+            assert conn.execute("SELECT status FROM jobs WHERE id = 'a'").fetchone()[0] == "completed"
+
+        # Down through the whole grace: close() still returns, and says what it could not store.
+        store = JobStore(cluster.url)
+        cluster.stop("fast")
+        store.update("a", workflow_name="never stored")
+        started = time.monotonic()
+        store.close(grace=1)
+        assert time.monotonic() - started < 15
+        assert "1 database writes were still waiting for PostgreSQL at shutdown and are not stored" in caplog.text
+    finally:
+        pg.destroy(cluster)
+
+
 def _progress_of_a_later_job(ws, ids, timeout: float) -> dict:
     """The first progress message, with a sampler step under way, of one of `ids` (text frames only)."""
     deadline = time.time() + timeout
