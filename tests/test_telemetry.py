@@ -43,7 +43,9 @@ def fake_smi(bin_dir, rows=(), hang_s=None, text=None):
              f'if [ $# -ne 2 ] || [ "$1" != "{QUERY}" ] || [ "$2" != "{FORMAT}" ]; then',
              '  echo "fake nvidia-smi: unexpected arguments: $*" >&2; exit 2', "fi"]
     if hang_s is not None:
-        lines += [f'echo $$ > "{bin_dir}/hang.pid"', f"exec sleep {hang_s}"]
+        # written whole (then renamed): a reader never sees the file empty
+        lines += [f'echo $$ > "{bin_dir}/.hang.$$" && mv "{bin_dir}/.hang.$$" "{bin_dir}/hang.pid"',
+                  f"exec sleep {hang_s}"]
     body = text if text is not None else "".join(r + "\n" for r in rows)
     lines += ["cat <<'CSV'", body.rstrip("\n"), "CSV"] if body else ["exit 0"]
     tmp = os.path.join(bin_dir, ".nvidia-smi.tmp")
