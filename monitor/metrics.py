@@ -63,7 +63,7 @@ class Metrics:
         """Queue depth per host and whether the database answers, read once here so scrapes need not."""
         try:
             queue = self.fleet.counts_by_host()
-            db_up = True
+            db_up = self.fleet.store.available   # False while PostgreSQL is down (the counts are the cached ones)
         except Exception:  # noqa: BLE001 - the database is down: say so, keep the last queue figures
             queue, db_up = self.snapshot["queue"], False
         for host in self.fleet.hosts:

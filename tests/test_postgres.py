@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -153,6 +154,9 @@ def test_an_outage_while_a_job_runs_loses_nothing(tmp_path):
         health = wait_for(lambda: (lambda r: [r] if r.status_code == 503 else None)(server.get("/healthz")),
                           timeout=10, what="/healthz to notice")[0]   # (a 503 Response is falsy)
         assert health.json()["status"] == "database down"
+        server.monitor.metrics.refresh()   # (its background greenlet does this every few seconds)
+        assert re.search(r"^comfymon_database_up 0(\.0)?$", server.get("/metrics").text, re.M), \
+            "the queue counts come from memory meanwhile, but /metrics says the database is down"
         queue = server.get("/api/admin/queue")
         assert queue.status_code == 200 and first["id"] in queue.text, "the page works from memory"
         assert server.post("/api/run", json={"prompt": {"1": {}}}).status_code in (400, 503)
