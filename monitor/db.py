@@ -128,10 +128,6 @@ class PgConnection:
     def execute(self, sql: str, params=()):
         return self.raw.execute(pg_sql(sql), tuple(params) if params else None, prepare=False)
 
-    def executemany(self, sql: str, params_seq) -> None:
-        with self.raw.cursor() as cur:
-            cur.executemany(pg_sql(sql), [tuple(p) for p in params_seq])
-
     def close(self) -> None:
         try:
             self.raw.close()

@@ -396,16 +396,16 @@ class Fleet:
         target = min(able, key=lambda h: (ahead[h.name], h.name))
         return target, "least wait (" + ", ".join(shown[h.name] for h in sorted(able, key=lambda h: h.name)) + ")"
 
-    @staticmethod
-    def _work_ahead(hosts: list[Host]) -> tuple[dict[str, float], dict[str, str]]:
+    def _work_ahead(self, hosts: list[Host]) -> tuple[dict[str, float], dict[str, str]]:
         """Each host's work ahead of a new job, and how the routed reason shows it: the estimated wait in
         seconds when every host can estimate one (Host.estimated_wait_s), else running + queued job counts
         (seconds and counts are never compared with each other)."""
         waits = {h.name: h.estimated_wait_s() for h in hosts}
         if all(w is not None for w in waits.values()):
             return waits, {name: f"{name} {w:.0f} s" for name, w in waits.items()}
-        counts = {h.name: h.active_counts()["total"] for h in hosts}
-        return counts, {name: f"{name} {n} job{'s' if n != 1 else ''}" for name, n in counts.items()}
+        counts = self.counts_by_host()
+        totals = {h.name: counts[h.name]["total"] if h.name in counts else 0 for h in hosts}
+        return totals, {name: f"{name} {n} job{'s' if n != 1 else ''}" for name, n in totals.items()}
 
     def cancel(self, job_id: str) -> dict:
         """Cancel on the job's own host."""

@@ -18,7 +18,7 @@ from . import markers, reconciler
 from .comfy import ComfyClient, ComfyRejected, ComfyUnavailable
 from .config import ComfyHost, Config
 from .jobs import FINISHED as TERMINAL  # the four end states and stalled: nothing more will happen
-from .jobs import EventBus, JobStore, RawJSON, count_active
+from .jobs import EventBus, JobStore, RawJSON
 from .listener import Listener
 from .timeutil import epoch_from_iso, iso_from_epoch, iso_from_epoch_ms, utcnow_iso
 from .tracker import Tracker
@@ -152,9 +152,6 @@ class Host:
             if job["id"] == job_id:
                 return position
         return None
-
-    def active_counts(self) -> dict:
-        return count_active([j for j in self.store.active(graph=False, shared=True) if j.get("host") == self.name])
 
     def get_job(self, job_id: str, graph: bool = True) -> dict | None:
         job = self.store.get(job_id, graph=graph)

@@ -1,6 +1,6 @@
 /* Server-rendered fragments (htmx + idiomorph): refresh triggers, fragments pushed over the socket, the
  * morph rules that keep what the client owns, and htmx's swap/error hooks. */
-import { $, S, multi } from "./state.js";
+import { $, S, progressOf } from "./state.js";
 
 const refreshTimers = {};
 export function refresh(id) {
@@ -33,8 +33,7 @@ export function initMorphRules() {
     // While the socket streams a job's progress, its live fields are fresher than any fragment.
     if (S.wsOpen && oldNode.hasAttribute("data-f")) {
       const panel = oldNode.closest(".current[data-job-id], #overlay-job[data-job-id]");
-      const id = panel && panel.dataset.jobId;
-      if (id && (multi ? S.runs[id] : S.latest && id === S.latest.prompt_id)) return false;
+      if (panel && progressOf(panel.dataset.jobId)) return false;
     }
     if (oldNode.tagName === "TIME" && oldNode.hasAttribute("data-local") &&
         oldNode.getAttribute("datetime") === newNode.getAttribute("datetime")) return false;

@@ -1,7 +1,7 @@
 /* The Current Job panel(s), straight from the socket's ProgressState messages (no request): one host's panel,
  * or one per running job of several hosts with the Preview following the one the viewer touched; the
  * page title's percentage. */
-import { $, S, multi, TITLE, TERMINAL, eachPanel, panelFor } from "./state.js";
+import { $, S, multi, TITLE, TERMINAL, eachPanel, panelFor, progressOf } from "./state.js";
 import { fmtDuration, tickElapsed } from "./format.js";
 import { refreshJobs, refreshSoon } from "./fragments.js";
 import { clearPreview, renderStrip, sendPreviewState } from "./preview.js";
@@ -176,19 +176,19 @@ export function retitle() { setTitle(multi ? (S.shown ? S.runs[S.shown] : null) 
  * follow with the throttled refresh). */
 function overlayProgress(p) {
   if (S.overlayId !== p.prompt_id) return;
+  updateOverlay(p);
+  refreshOverlayThrottled();
+}
+function updateOverlay(p) {
   const body = $("overlay-body");
   if (body && body.querySelector('[data-f="bar"]')) updatePanel(body, p);
-  refreshOverlayThrottled();
 }
 
 /* A freshly loaded overlay body is rendered from the server's state, which can be a message ahead of (or
  * behind) the panel behind it: give it the panel's progress, so both read the same until the next message. */
 function syncOverlay() {
-  const id = S.overlayId;
-  const body = $("overlay-body");
-  if (!id || !body || !body.querySelector('[data-f="bar"]')) return;
-  const p = multi ? S.runs[id] : (S.latest && S.latest.prompt_id === id ? S.latest : null);
-  if (p) updatePanel(body, p);
+  const p = progressOf(S.overlayId);
+  if (p) updateOverlay(p);
 }
 
 /* After a fragment swap: a panel that shows a new job starts with an empty bar, without sliding back from

@@ -39,6 +39,13 @@ export const S = {
   stale: false,           // the socket is down and a poll failed: what the page shows may be old
 };
 
+/* The latest progress message of a running job, as the socket delivered it (null when none). */
+export function progressOf(id) {
+  if (!id) return null;
+  if (multi) return S.runs[id] || null;
+  return S.latest && S.latest.prompt_id === id ? S.latest : null;
+}
+
 /* The Current Job panel(s): one host's #current, or one panel per running job of several hosts. */
 export function eachPanel(fn) {
   for (const el of document.querySelectorAll("#current .current[data-job-id]")) fn(el);
